@@ -1,0 +1,55 @@
+# sonolab: one command per job. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PRESET ?= demo
+DATA   ?= data/synthetic-$(PRESET)
+SEED   ?= 0
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-all lint format data bench clean clean-venv
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv if missing and install sonolab + dev tools (idempotent)
+
+test: install ## the test suite CI runs (W&B disabled, slow tests left out)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-slow: install ## learnability and other long tests only
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow -q -s $(PYTEST_ARGS)
+
+test-all: install ## every test
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+data: install ## generate the synthetic dataset (PRESET=demo|tiny, DATA=folder, SEED=n)
+	$(BIN)/python -m datamodules.synthetic --out $(DATA) --preset $(PRESET) --seed $(SEED)
+	$(BIN)/python -m datamodules.validate $(DATA) --require scans,clips,images,pairs,boxes
+
+bench: install ## data-loading and train-step throughput (writes benchmarks/results/)
+	$(BIN)/python -m benchmarks.run
+
+clean: ## remove caches and build leftovers (never data/, runs/ or checkpoints)
+	rm -rf .cache/sonolab .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+clean-venv: ## remove the virtual environment
+	rm -rf $(VENV)

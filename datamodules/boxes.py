@@ -1,0 +1,124 @@
+"""Frames with approximate boxes around the main structure (boxes.csv): zoom-in module pretraining."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import ImageSize, SonoDataModule, to_unit_range
+from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
+
+log = logging.getLogger("sonolab.data")
+
+
+@dataclass(frozen=True)
+class BoxItem:
+    scan_id: str
+    offset: int  # position of the frame in the scan's cached frame list
+    box: tuple[float, float, float, float]
+    item_id: str
+
+
+class BoxDataset(Dataset):
+    def __init__(self, items: Sequence[BoxItem], cache: CacheView) -> None:
+        self.items = list(items)
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        frame = np.array(self.cache.frames(item.scan_id)[item.offset])  # H×W×C
+        return {
+            "image": to_unit_range(torch.from_numpy(frame).permute(2, 0, 1)),
+            "box": torch.tensor(item.box, dtype=torch.float32),
+            "image_id": item.item_id,
+        }
+
+
+class BoxFrameDataModule(SonoDataModule):
+    """Single frames and their normalised boxes; the split is the scan's split."""
+
+    required_manifests = ("scans", "boxes")
+
+    def __init__(
+        self,
+        root: str = "data/synthetic-demo",
+        synthetic: str | None = "demo",
+        synthetic_seed: int = 0,
+        image_size: ImageSize = 128,
+        channels: int = 1,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        cache_dir: str | None = None,
+        skip_invalid: bool = False,
+        cache_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            root=root,
+            synthetic=synthetic,
+            synthetic_seed=synthetic_seed,
+            image_size=image_size,
+            channels=channels,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            cache_dir=cache_dir,
+            skip_invalid=skip_invalid,
+            cache_workers=cache_workers,
+        )
+
+    def frames_per_scan(self) -> dict[str, list[int]]:
+        frames: dict[str, set[int]] = defaultdict(set)
+        for box in self.load_manifests().boxes:
+            frames[box.scan_id].add(box.frame)
+        return {scan_id: sorted(f) for scan_id, f in sorted(frames.items())}
+
+    def clip_cache(self) -> ClipCache:
+        manifests = self.load_manifests()
+        specs = [
+            ClipSpec(scan_id, manifests.scans[scan_id].video, tuple(frames))
+            for scan_id, frames in self.frames_per_scan().items()
+        ]
+        return ClipCache(
+            self.cache_dir, self.dataset_fingerprint(), CacheParams(self.hw, self.channels), specs
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        manifests = self.load_manifests()
+        offsets = {
+            scan_id: {f: i for i, f in enumerate(fr)} for scan_id, fr in self.frames_per_scan().items()
+        }
+        items: dict[str, list[BoxItem]] = {"train": [], "val": [], "test": []}
+        unsplit: set[str] = set()
+        for box in manifests.boxes:
+            split = manifests.scan_split(box.scan_id)
+            if split is None:
+                unsplit.add(box.scan_id)
+                continue
+            item = BoxItem(
+                box.scan_id,
+                offsets[box.scan_id][box.frame],
+                (box.x0, box.y0, box.x1, box.y1),
+                f"{box.scan_id}@{box.frame}",
+            )
+            items[split].append(item)
+        if unsplit:
+            raise ValueError(
+                f"boxes.csv names scans with no split (give scans.csv a split column): {', '.join(sorted(unsplit))}"
+            )
+        view = self.open_cache()
+        for split, split_items in items.items():
+            self.datasets[split] = BoxDataset(split_items, view)
+        log.info("boxes: %s", ", ".join(f"{s}={len(v)}" for s, v in items.items()))

@@ -1,0 +1,361 @@
+"""Video-clip DataModule: T frames at a frame interval per clip, with optional flow, gaze, audio and a frame.
+
+Used by VideoQualityGAN (video + flow + gaze), DualRepSSL (video + audio + image) and the clip-level
+standard-plane detection task. Items come from `clips.csv` (labelled segments) or from sliding windows
+over whole scans (unlabelled pretraining, quality-over-time prediction).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.base import ImageSize, SonoDataModule, check_choice, to_unit_range
+from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
+from datamodules.flow import FlowParams
+from datamodules.manifest import ClipRecord, Manifests
+from datamodules.readers import LogMel, fixations_for_frames, gaze_maps, load_audio, load_gaze
+
+log = logging.getLogger("sonolab.data")
+
+MODALITIES = ("video", "flow", "gaze", "audio", "image")
+SOURCES = ("clips", "windows")
+IMAGE_FRAMES = ("random", "last")
+
+
+@dataclass
+class ClipFilter:
+    """Which clips a split uses: labels and quality values to keep (None = all)."""
+
+    labels: list[str] | None = None
+    quality: list[int] | None = None
+
+    def keep(self, clip: ClipRecord) -> bool:
+        if self.labels is not None and clip.label not in self.labels:
+            return False
+        if self.quality is not None:
+            q = -1 if clip.quality is None else clip.quality
+            return q in self.quality
+        return True
+
+
+@dataclass
+class ClipItem:
+    """One sample: a frame sequence of one scan, with what is needed to fetch its other modalities."""
+
+    item_id: str
+    scan_id: str
+    frame_indices: tuple[int, ...]
+    label: str
+    quality: int
+    fps: float
+    gaze_points: list[np.ndarray] | None = None
+    audio_path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def anchored_indices(end_frame: int, num_frames: int, interval: int) -> tuple[int, ...]:
+    """T frames at `interval`, the last one at end_frame - 1 (the freeze frame for PULSE clips)."""
+    last = end_frame - 1
+    return tuple(last - interval * (num_frames - 1 - j) for j in range(num_frames))
+
+
+class ClipDataset(Dataset):
+    """Reads cached frames/flow and builds gaze maps and audio features on the fly (both are cheap)."""
+
+    def __init__(
+        self,
+        items: Sequence[ClipItem],
+        cache: CacheView,
+        modalities: Sequence[str],
+        classes: Sequence[str],
+        hw: tuple[int, int],
+        gaze_sigma: float,
+        audio_sample_rate: int,
+        audio_seconds: float,
+        logmel: LogMel | None,
+        image_frame: str,
+        seed: int = 0,
+    ) -> None:
+        self.items = list(items)
+        self.cache = cache
+        self.modalities = set(modalities)
+        self.class_index = {name: i for i, name in enumerate(classes)}
+        self.hw = hw
+        self.gaze_sigma = gaze_sigma
+        self.audio_sample_rate = audio_sample_rate
+        self.audio_seconds = audio_seconds
+        self.logmel = logmel
+        self.image_frame = image_frame
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        frames = torch.from_numpy(np.array(self.cache.frames(item.item_id)))  # T×H×W×C uint8
+        video = to_unit_range(frames.permute(3, 0, 1, 2))  # C×T×H×W
+        sample: dict[str, Any] = {
+            "clip_id": item.item_id,
+            "label": torch.tensor(self.class_index.get(item.label, -1), dtype=torch.long),
+            "quality": torch.tensor(item.quality, dtype=torch.long),
+        }
+        if "video" in self.modalities:
+            sample["video"] = video
+        if "image" in self.modalities:
+            if self.image_frame == "last":
+                t = video.shape[1] - 1
+            else:
+                t = int(torch.randint(video.shape[1], (1,)).item())
+            sample["image"] = video[:, t]
+        if "flow" in self.modalities:
+            flow = self.cache.flow(item.item_id)
+            if flow is None:
+                raise RuntimeError("flow was requested but the cache holds none; rebuild the cache")
+            sample["flow"] = torch.from_numpy(np.asarray(flow, dtype=np.float32)).permute(1, 0, 2, 3)
+        if "gaze" in self.modalities:
+            maps, valid = gaze_maps(item.gaze_points or [], self.hw[0], self.hw[1], self.gaze_sigma)
+            sample["gaze"] = torch.from_numpy(maps).unsqueeze(0)
+            sample["gaze_valid"] = torch.from_numpy(valid)
+        if "audio" in self.modalities:
+            end_s = (item.frame_indices[-1] + 1) / item.fps
+            start_s = max(0.0, end_s - self.audio_seconds)
+            wave = load_audio(item.audio_path, self.audio_sample_rate, start_s, self.audio_seconds)
+            assert self.logmel is not None
+            with torch.no_grad():
+                sample["audio"] = self.logmel(wave)
+        return sample
+
+
+class VideoClipDataModule(SonoDataModule):
+    """Clips of `num_frames` frames at `frame_interval`, resized to `image_size`, with chosen modalities.
+
+    Args (beyond SonoDataModule's):
+        num_frames: T, frames per sample.
+        frame_interval: k, frames between samples (the VQA paper: 8 frames at an 8-frame interval).
+        modalities: any of video, flow, gaze, audio, image (a frame of the clip).
+        source: "clips" (rows of clips.csv) or "windows" (sliding windows over every scan: unlabelled
+            pretraining, quality over time); windows take their split from the scan.
+        window_stride: frames between consecutive windows when source="windows".
+        train_filter / eval_filter: labels and quality values kept in train and in val/test/predict.
+        classes: label vocabulary; `label` in the batch indexes it (-1 = not in the vocabulary).
+            None = every label of the kept clips, sorted.
+        gaze_sigma: Gaussian sigma of gaze maps, in pixels of the output map.
+        audio_sample_rate, audio_seconds: the speech window ending at the clip's last frame.
+        n_mels, n_fft, hop_length, f_min, f_max: log-mel front end (CNN14's 16 kHz layout by default).
+        image_frame: "random" frame of the clip for `image` in training ("last" = the freeze frame in eval).
+        flow_median_ksize, flow_winsize: Farneback pre-filter and window (the VQA paper: 21 and 3).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/synthetic-demo",
+        synthetic: str | None = "demo",
+        synthetic_seed: int = 0,
+        image_size: ImageSize = 128,
+        channels: int = 1,
+        num_frames: int = 8,
+        frame_interval: int = 8,
+        modalities: list[str] | None = None,
+        source: str = "clips",
+        window_stride: int = 32,
+        train_filter: ClipFilter | None = None,
+        eval_filter: ClipFilter | None = None,
+        classes: list[str] | None = None,
+        gaze_sigma: float = 8.0,
+        audio_sample_rate: int = 16000,
+        audio_seconds: float = 2.0,
+        n_mels: int = 64,
+        n_fft: int = 512,
+        hop_length: int = 160,
+        f_min: float = 50.0,
+        f_max: float = 8000.0,
+        image_frame: str = "random",
+        flow_median_ksize: int = 21,
+        flow_winsize: int = 3,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        cache_dir: str | None = None,
+        skip_invalid: bool = False,
+        cache_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            root=root,
+            synthetic=synthetic,
+            synthetic_seed=synthetic_seed,
+            image_size=image_size,
+            channels=channels,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            cache_dir=cache_dir,
+            skip_invalid=skip_invalid,
+            cache_workers=cache_workers,
+        )
+        if num_frames < 1 or frame_interval < 1:
+            raise ValueError(
+                f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}"
+            )
+        self.num_frames = num_frames
+        self.frame_interval = frame_interval
+        self.modalities = list(modalities) if modalities is not None else ["video"]
+        for name in self.modalities:
+            check_choice("data.init_args.modalities[]", name, MODALITIES)
+        self.source = check_choice("data.init_args.source", source, SOURCES)
+        self.window_stride = window_stride
+        self.train_filter = train_filter or ClipFilter()
+        self.eval_filter = eval_filter or ClipFilter()
+        self.classes = list(classes) if classes is not None else None
+        self.gaze_sigma = gaze_sigma
+        self.audio_sample_rate = audio_sample_rate
+        self.audio_seconds = audio_seconds
+        self.logmel_kwargs = dict(
+            sample_rate=audio_sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+        )
+        self.image_frame = check_choice("data.init_args.image_frame", image_frame, IMAGE_FRAMES)
+        self.flow_params = FlowParams(median_ksize=flow_median_ksize, winsize=flow_winsize)
+        self.items: dict[str, list[ClipItem]] | None = None
+
+    # ------------------------------------------------------------------ items
+    def split_items(self, manifests: Manifests) -> dict[str, list[ClipItem]]:
+        """Build every split's items once; errors name the clip and what is wrong."""
+        if self.items is not None:
+            return self.items
+        items: dict[str, list[ClipItem]] = {"train": [], "val": [], "test": []}
+        problems: list[str] = []
+        if self.source == "clips":
+            for clip in manifests.clips.values():
+                flt = self.train_filter if clip.split == "train" else self.eval_filter
+                if not flt.keep(clip):
+                    continue
+                indices = anchored_indices(clip.end_frame, self.num_frames, self.frame_interval)
+                if indices[0] < 0:
+                    problems.append(
+                        f"clips.csv:{clip.row}: clip {clip.clip_id} needs frames from {indices[0]} "
+                        f"({self.num_frames} frames at interval {self.frame_interval} ending at {clip.end_frame - 1})"
+                        ", which is before the start of the video"
+                    )
+                    continue
+                items[clip.split].append(self.make_item(manifests, clip.clip_id, clip.scan_id, indices, clip))
+        else:
+            span = (self.num_frames - 1) * self.frame_interval + 1
+            for scan_id in sorted(manifests.scans):
+                split = manifests.scan_split(scan_id)
+                if split is None:
+                    problems.append(f"scans.csv: scan {scan_id} has no split (no split column and no clips)")
+                    continue
+                n_frames = manifests.video_info[scan_id].frame_count
+                for end in range(span, n_frames + 1, self.window_stride):
+                    indices = anchored_indices(end, self.num_frames, self.frame_interval)
+                    item_id = f"{scan_id}@{end - 1}"
+                    items[split].append(self.make_item(manifests, item_id, scan_id, indices, None))
+        if problems:
+            message = "\n".join(problems)
+            if not self.skip_invalid:
+                raise ValueError(f"{len(problems)} clip(s) in {self.root} cannot be sampled:\n{message}")
+            log.warning("skipping %d clip(s) that cannot be sampled:\n%s", len(problems), message)
+        if self.classes is None:
+            self.classes = sorted({it.label for split in items.values() for it in split if it.label})
+        self.items = items
+        return items
+
+    def make_item(
+        self,
+        manifests: Manifests,
+        item_id: str,
+        scan_id: str,
+        indices: tuple[int, ...],
+        clip: ClipRecord | None,
+    ) -> ClipItem:
+        scan = manifests.scans[scan_id]
+        fps = manifests.fps(scan_id)
+        item = ClipItem(
+            item_id=item_id,
+            scan_id=scan_id,
+            frame_indices=indices,
+            label=clip.label if clip else "",
+            quality=(-1 if clip is None or clip.quality is None else clip.quality),
+            fps=fps,
+            audio_path=scan.audio,
+        )
+        if "audio" in self.modalities and scan.audio is None:
+            raise ValueError(
+                f"scans.csv:{scan.row}: scan {scan_id} has no audio but modalities include 'audio'"
+            )
+        if "gaze" in self.modalities and scan.gaze is None:
+            raise ValueError(
+                f"scans.csv:{scan.row}: scan {scan_id} has no gaze but modalities include 'gaze'"
+            )
+        return item
+
+    def attach_gaze(self, manifests: Manifests, items: dict[str, list[ClipItem]]) -> None:
+        """Parse each gaze file once and keep only the fixations of the sampled frames."""
+        if "gaze" not in self.modalities:
+            return
+        tracks: dict[str, Any] = {}
+        for split_items in items.values():
+            for item in split_items:
+                if item.gaze_points is not None:
+                    continue
+                if item.scan_id not in tracks:
+                    tracks[item.scan_id] = load_gaze(manifests.scans[item.scan_id].gaze)
+                item.gaze_points = fixations_for_frames(tracks[item.scan_id], item.fps, item.frame_indices)
+
+    # ------------------------------------------------------------------ cache
+    def cache_params(self) -> CacheParams:
+        return CacheParams(
+            size=self.hw, channels=self.channels, flow=self.flow_params if "flow" in self.modalities else None
+        )
+
+    def clip_cache(self) -> ClipCache:
+        manifests = self.load_manifests()
+        items = self.split_items(manifests)
+        specs = [
+            ClipSpec(item.item_id, manifests.scans[item.scan_id].video, item.frame_indices)
+            for split_items in items.values()
+            for item in split_items
+        ]
+        return ClipCache(self.cache_dir, self.dataset_fingerprint(), self.cache_params(), specs)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        manifests = self.load_manifests()
+        items = self.split_items(manifests)
+        self.attach_gaze(manifests, items)
+        view = self.open_cache()
+        logmel = LogMel(**self.logmel_kwargs) if "audio" in self.modalities else None
+        assert self.classes is not None
+        for split, split_items in items.items():
+            self.datasets[split] = ClipDataset(
+                split_items,
+                view,
+                self.modalities,
+                self.classes,
+                self.hw,
+                self.gaze_sigma,
+                self.audio_sample_rate,
+                self.audio_seconds,
+                logmel,
+                image_frame=self.image_frame if split == "train" else "last",
+            )
+        log.info(
+            "clips: %s (classes: %s)",
+            ", ".join(f"{s}={len(v)}" for s, v in items.items()),
+            ", ".join(self.classes),
+        )

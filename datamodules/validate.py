@@ -1,0 +1,818 @@
+"""Dataset validator: checks a dataset folder against ``docs/data.md`` and reports every problem at once.
+
+    python -m datamodules.validate DIR [--require scans,clips] [--shallow]
+
+prints one line per problem (``file:row: column: what is wrong``, row = line number in the
+CSV with the header on line 1) and a summary line; exits 0 without errors, 1 with errors,
+2 when DIR does not exist.
+
+From Python, :func:`validate_dataset` returns a :class:`ValidationReport`; :func:`load_dataset`
+(used by every DataModule at ``setup``) raises :class:`DatasetValidationError` listing all
+errors, or with ``skip_invalid=True`` logs and drops the bad rows and returns the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from datamodules.manifest import (
+    MANIFEST_FILES,
+    BoxRecord,
+    ClipRecord,
+    ImageRecord,
+    Manifests,
+    PairRecord,
+    ScanRecord,
+    Table,
+    TableError,
+    check_header,
+    parse_boxes,
+    parse_clips,
+    parse_images,
+    parse_pairs,
+    parse_scans,
+    read_table,
+    resolve_path,
+)
+from datamodules.readers import MediaError, VideoInfo, audio_info, load_gaze, probe_video, read_image
+
+LOGGER_NAME = "sonolab.data"
+
+#: audio whose absolute peak stays below this is reported as silent (warning).
+SILENCE_PEAK = 1e-4
+#: a gaze gap (no valid sample) longer than this many seconds inside the video is a warning.
+GAZE_DROPOUT_S = 2.0
+#: clips shorter than this many seconds are a warning.
+MIN_CLIP_S = 0.5
+#: audio shorter than the video by more than this fraction of the video (and more than
+#: ``AUDIO_SHORT_MIN_S`` seconds) is a warning.
+AUDIO_SHORT_FRACTION = 0.1
+AUDIO_SHORT_MIN_S = 1.0
+_AUDIO_BLOCK = 1 << 16
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: ``file:row: column: message``; row is the CSV line (header = 1) or None."""
+
+    file: str
+    row: int | None
+    column: str | None
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file}:{self.row}"
+        if self.column:
+            return f"{where}: {self.column}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+class DatasetValidationError(ValueError):
+    """Raised when a dataset has errors; the message lists every error, ``.problems`` holds them."""
+
+    def __init__(self, problems: Iterable[Problem], root: str | os.PathLike | None = None):
+        self.problems: list[Problem] = [p for p in problems if p.severity == "error"]
+        self.root = Path(root) if root is not None else None
+        head = f"{_plural(len(self.problems), 'error')} in dataset {self.root}:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+    def __reduce__(self):  # picklable across DataLoader / DDP workers
+        return (type(self), (self.problems, self.root))
+
+
+@dataclass
+class ValidationReport:
+    root: Path
+    errors: list[Problem]
+    warnings: list[Problem]
+    #: only the rows without errors (and without a dependency on a dropped row).
+    manifests: Manifests
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise DatasetValidationError(self.errors, self.root)
+
+    def summary(self) -> str:
+        m = self.manifests
+        present = [name for name in MANIFEST_FILES if (Path(self.root) / MANIFEST_FILES[name]).is_file()]
+        counts = {
+            "scans": len(m.scans),
+            "clips": len(m.clips),
+            "images": len(m.images),
+            "pairs": len(m.pairs),
+            "boxes": len(m.boxes),
+        }
+        singular = {"scans": "scan", "clips": "clip", "images": "image", "pairs": "pair", "boxes": "box"}
+        valid = ", ".join(f"{counts[n]} {n if counts[n] != 1 else singular[n]}" for n in present)
+        status = "OK" if self.ok else "FAILED"
+        return (
+            f"{status}: {self.root}: {_plural(len(self.errors), 'error')}, "
+            f"{_plural(len(self.warnings), 'warning')}; valid rows: {valid or 'none'}"
+        )
+
+    def format(self) -> str:
+        lines = [f"error: {p}" for p in self.errors]
+        lines += [f"warning: {p}" for p in self.warnings]
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+# --------------------------------------------------------------------------------------------
+# collection of problems
+# --------------------------------------------------------------------------------------------
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.failed: set[tuple[str, int]] = set()
+
+    def __call__(
+        self, file: str, row: int | None, column: str | None, message: str, severity: str = "error"
+    ) -> None:
+        self.problems.append(Problem(file, row, column, message, severity))  # type: ignore[arg-type]
+        if severity == "error" and row is not None:
+            self.failed.add((file, row))
+
+    def error(self, file: str, row: int | None, column: str | None, message: str) -> None:
+        self(file, row, column, message, "error")
+
+    def warning(self, file: str, row: int | None, column: str | None, message: str) -> None:
+        self(file, row, column, message, "warning")
+
+    def ok(self, file: str, row: int) -> bool:
+        return (file, row) not in self.failed
+
+
+def _normkey(path: Path) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _parse_require(require: Iterable[str] | str | None) -> set[str]:
+    if require is None:
+        return set()
+    if isinstance(require, str):
+        require = require.split(",")
+    names = {r.strip().lower().removesuffix(".csv") for r in require if r and r.strip()}
+    unknown = sorted(names - set(MANIFEST_FILES))
+    if unknown:
+        raise ValueError(
+            f"unknown manifest name(s) in require: {', '.join(unknown)} "
+            f"(allowed: {', '.join(MANIFEST_FILES)})"
+        )
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# the validator
+# --------------------------------------------------------------------------------------------
+class _Validator:
+    def __init__(self, root: Path, require: set[str], deep: bool):
+        self.root = root
+        self.require = require
+        self.deep = deep
+        self.p = _Collector()
+        self.tables: dict[str, Table | None] = {}
+        self._video_cache: dict[str, VideoInfo | MediaError] = {}
+        self.video_info: dict[str, VideoInfo] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def rel(self, path: Path) -> str:
+        """A path as shown to the user: relative to the dataset root when inside it."""
+        try:
+            return (
+                Path(os.path.relpath(path, self.root)).as_posix() if _inside(path, self.root) else str(path)
+            )
+        except ValueError:
+            return str(path)
+
+    def _exists(self, file: str, row: int, column: str, path: Path, what: str) -> bool:
+        if path.is_file():
+            return True
+        if path.exists():
+            self.p.error(file, row, column, f"{self.rel(path)} is not a file")
+        else:
+            self.p.error(file, row, column, f"{what} file not found: {self.rel(path)}")
+        return False
+
+    def _probe(self, path: Path) -> VideoInfo | MediaError:
+        key = _normkey(path)
+        if key not in self._video_cache:
+            try:
+                self._video_cache[key] = probe_video(path, check_last_frame=True)
+            except MediaError as exc:
+                self._video_cache[key] = exc
+        return self._video_cache[key]
+
+    # -- tables ----------------------------------------------------------------------------------
+    def load_tables(self) -> None:
+        for name, file in MANIFEST_FILES.items():
+            path = self.root / file
+            table: Table | None = None
+            if not path.exists():
+                if name in self.require:
+                    self.p.error(file, None, None, f"required manifest is missing ({path})")
+            elif not path.is_file():
+                self.p.error(file, None, None, f"{path} is not a file")
+            else:
+                try:
+                    table = read_table(path)
+                except TableError as exc:
+                    self.p.error(file, None, None, str(exc))
+                if table is not None and not check_header(name, table, self.p):
+                    table = None
+            self.tables[name] = table
+
+    # -- scans ------------------------------------------------------------------------------------
+    def check_scans(self) -> dict[str, ScanRecord]:
+        table = self.tables["scans"]
+        if table is None:
+            return {}
+        file = MANIFEST_FILES["scans"]
+        scans = parse_scans(self.root, table, self.p)
+        has_gaze_column = "gaze" in table.columns
+        for scan in scans.values():
+            if has_gaze_column and scan.gaze is None:
+                self.p.warning(file, scan.row, "gaze", f"no gaze for scan {scan.scan_id}")
+            video_ok = self._exists(file, scan.row, "video", scan.video, "video")
+            gaze_ok = scan.gaze is not None and self._exists(file, scan.row, "gaze", scan.gaze, "gaze")
+            audio_ok = scan.audio is not None and self._exists(file, scan.row, "audio", scan.audio, "audio")
+            if not self.deep:
+                continue
+            info: VideoInfo | None = None
+            if video_ok:
+                got = self._probe(scan.video)
+                if isinstance(got, MediaError):
+                    self.p.error(file, scan.row, "video", self._media_msg(scan.video, got))
+                else:
+                    info = got
+            fps = scan.fps
+            if info is not None and fps is None:
+                fps = float(info.fps or 0.0)
+                if not math.isfinite(fps) or fps <= 0:
+                    self.p.error(
+                        file,
+                        scan.row,
+                        "video",
+                        f"{self.rel(scan.video)} stores no frame rate; set the fps column",
+                    )
+                    fps = None
+            if info is not None and self.p.ok(file, scan.row):
+                self.video_info[scan.scan_id] = info
+            duration = info.frame_count / fps if info is not None and fps else None
+            if gaze_ok:
+                assert scan.gaze is not None
+                self._check_gaze(file, scan, duration)
+            if audio_ok:
+                assert scan.audio is not None
+                self._check_audio(file, scan, duration)
+        return scans
+
+    def _media_msg(self, path: Path, exc: Exception) -> str:
+        """A MediaError's message with its leading absolute path shortened to the displayed one."""
+        msg, name = str(exc), self.rel(path)
+        for prefix in (str(path), str(Path(_normkey(path)))):
+            if msg.startswith(prefix):
+                rest = msg[len(prefix) :]
+                return name + rest if rest.startswith(":") else f"{name}: {rest.lstrip()}"
+        return f"{name}: {msg}"
+
+    def _check_gaze(self, file: str, scan: ScanRecord, duration: float | None) -> None:
+        assert scan.gaze is not None
+        name = self.rel(scan.gaze)
+        try:
+            load_gaze(scan.gaze)  # columns present, cells numeric
+            lines, t, xy = _read_gaze_in_file_order(scan.gaze)
+        except MediaError as exc:
+            self.p.error(file, scan.row, "gaze", self._media_msg(scan.gaze, exc))
+            return
+        dec = np.flatnonzero(np.diff(t) < 0)
+        if dec.size:
+            i = int(dec[0])
+            self.p.error(
+                file,
+                scan.row,
+                "gaze",
+                f"{name}: time_s decreases {_plural(int(dec.size), 'time')} "
+                f"(first on line {lines[i + 1]}: {t[i + 1]:g} after {t[i]:g})",
+            )
+        finite_xy = np.isfinite(xy).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            outside = finite_xy & ((xy < 0.0) | (xy > 1.0)).any(axis=1)
+        bad = np.flatnonzero(outside)
+        if bad.size:
+            i = int(bad[0])
+            self.p.error(
+                file,
+                scan.row,
+                "gaze",
+                f"{name}: {_plural(int(bad.size), 'sample')} outside [0, 1] "
+                f"(first on line {lines[i]}: x={xy[i, 0]:g}, y={xy[i, 1]:g})",
+            )
+        if duration is None or dec.size or bad.size:
+            return
+        valid_t = np.sort(t[finite_xy])
+        valid_t = valid_t[(valid_t >= 0.0) & (valid_t < duration)]
+        if valid_t.size == 0:
+            self.p.warning(
+                file,
+                scan.row,
+                "gaze",
+                f"{name}: no valid gaze sample inside the video (0-{duration:.2f} s)",
+            )
+            return
+        edges = np.concatenate([[0.0], valid_t, [duration]])
+        gaps = np.diff(edges)
+        k = int(np.argmax(gaps))
+        if gaps[k] > GAZE_DROPOUT_S:
+            n_long = int((gaps > GAZE_DROPOUT_S).sum())
+            self.p.warning(
+                file,
+                scan.row,
+                "gaze",
+                f"{name}: gaze drop-out of {gaps[k]:.2f} s ({edges[k]:.2f}-{edges[k + 1]:.2f} s); "
+                f"{_plural(n_long, 'gap')} longer than {GAZE_DROPOUT_S:g} s",
+            )
+
+    def _check_audio(self, file: str, scan: ScanRecord, duration: float | None) -> None:
+        assert scan.audio is not None
+        name = self.rel(scan.audio)
+        if scan.audio.stat().st_size == 0:
+            self.p.error(file, scan.row, "audio", f"{name}: zero-length audio file (0 bytes)")
+            return
+        try:
+            sample_rate, frames, _channels = audio_info(scan.audio)
+        except MediaError as exc:
+            self.p.error(file, scan.row, "audio", self._media_msg(scan.audio, exc))
+            return
+        if frames <= 0:
+            self.p.error(file, scan.row, "audio", f"{name}: zero-length audio (no samples)")
+            return
+        import soundfile as sf
+
+        peak = 0.0
+        decoded = 0
+        try:
+            for block in sf.blocks(str(scan.audio), blocksize=_AUDIO_BLOCK, dtype="float32", always_2d=True):
+                if block.size:
+                    decoded += block.shape[0]
+                    peak = max(peak, float(np.nanmax(np.abs(block))))
+        except (RuntimeError, ValueError, OSError) as exc:  # sf.LibsndfileError is a RuntimeError
+            self.p.error(file, scan.row, "audio", f"{name}: cannot decode audio ({exc})")
+            return
+        if decoded == 0:
+            self.p.error(file, scan.row, "audio", f"{name}: zero-length audio (no samples decoded)")
+            return
+        if peak < SILENCE_PEAK:
+            self.p.warning(
+                file, scan.row, "audio", f"{name}: silent audio (peak {peak:.1e} < {SILENCE_PEAK:g})"
+            )
+        if duration and sample_rate:
+            audio_s = decoded / float(sample_rate)
+            if duration - audio_s > max(AUDIO_SHORT_MIN_S, AUDIO_SHORT_FRACTION * duration):
+                self.p.warning(
+                    file,
+                    scan.row,
+                    "audio",
+                    f"{name}: audio is {audio_s:.2f} s, much shorter than the video ({duration:.2f} s)",
+                )
+
+    # -- scan references (clips, boxes) -----------------------------------------------------------
+    def _scan_lines(self) -> dict[str, int]:
+        table = self.tables["scans"]
+        lines: dict[str, int] = {}
+        if table is not None:
+            for line, row in table.rows:
+                sid = row.get("scan_id", "")
+                if sid:
+                    lines.setdefault(sid, line)
+        return lines
+
+    def _check_scan_ref(
+        self, file: str, row: int, scan_id: str, scans: dict[str, ScanRecord], scan_lines: dict[str, int]
+    ) -> ScanRecord | None:
+        scan = scans.get(scan_id)
+        if scan is not None and self.p.ok(MANIFEST_FILES["scans"], scan.row):
+            return scan
+        if scan is not None or scan_id in scan_lines:
+            line = scan.row if scan is not None else scan_lines[scan_id]
+            self.p.error(file, row, "scan_id", f"scan {scan_id} is invalid (scans.csv:{line})")
+        else:
+            self.p.error(file, row, "scan_id", f"scan {scan_id!r} is not in scans.csv")
+        return None
+
+    def _fps(self, scan: ScanRecord) -> float | None:
+        if scan.fps is not None:
+            return scan.fps
+        info = self.video_info.get(scan.scan_id)
+        if info is not None and info.fps and math.isfinite(info.fps) and info.fps > 0:
+            return float(info.fps)
+        return None
+
+    def check_clips(self, scans: dict[str, ScanRecord]) -> dict[str, ClipRecord]:
+        table = self.tables["clips"]
+        if table is None:
+            return {}
+        file = MANIFEST_FILES["clips"]
+        clips = parse_clips(table, self.p)
+        if self.tables["scans"] is None:
+            if clips:
+                self.p.error(
+                    file,
+                    None,
+                    "scan_id",
+                    f"cannot check the scans of {_plural(len(clips), 'clip')}: "
+                    "scans.csv is missing or unusable",
+                )
+                for clip in clips.values():
+                    self.p.failed.add((file, clip.row))
+            return clips
+        scan_lines = self._scan_lines()
+        first_split: dict[str, tuple[str, int]] = {}
+        for clip in clips.values():
+            scan = self._check_scan_ref(file, clip.row, clip.scan_id, scans, scan_lines)
+            if scan is None:
+                continue
+            if scan.split is not None:
+                if clip.split != scan.split:
+                    self.p.error(
+                        file,
+                        clip.row,
+                        "split",
+                        f"clip split {clip.split!r} disagrees with scan {scan.scan_id}'s split "
+                        f"{scan.split!r} (scans.csv:{scan.row})",
+                    )
+            elif clip.scan_id in first_split:
+                split0, line0 = first_split[clip.scan_id]
+                if clip.split != split0:
+                    self.p.error(
+                        file,
+                        clip.row,
+                        "split",
+                        f"scan {clip.scan_id} is in two splits: {clip.split!r} here, "
+                        f"{split0!r} on line {line0} "
+                        "(leakage; all clips of a scan must share a split)",
+                    )
+            else:
+                first_split[clip.scan_id] = (clip.split, clip.row)
+            info = self.video_info.get(scan.scan_id)
+            if info is not None and clip.end_frame > info.frame_count:
+                self.p.error(
+                    file,
+                    clip.row,
+                    "end_frame",
+                    f"{clip.end_frame} is past the end of {self.rel(scan.video)} ({info.frame_count} frames)",
+                )
+            fps = self._fps(scan)
+            if fps and self.p.ok(file, clip.row) and clip.num_frames / fps < MIN_CLIP_S:
+                self.p.warning(
+                    file,
+                    clip.row,
+                    "end_frame",
+                    f"clip is {clip.num_frames / fps:.2f} s long ({_plural(clip.num_frames, 'frame')} at "
+                    f"{fps:g} fps), shorter than {MIN_CLIP_S:g} s",
+                )
+        return clips
+
+    def check_boxes(self, scans: dict[str, ScanRecord]) -> list[BoxRecord]:
+        table = self.tables["boxes"]
+        if table is None:
+            return []
+        file = MANIFEST_FILES["boxes"]
+        boxes = parse_boxes(table, self.p)
+        if self.tables["scans"] is None:
+            if boxes:
+                self.p.error(
+                    file,
+                    None,
+                    "scan_id",
+                    f"cannot check the scans of {_plural(len(boxes), 'box')}: "
+                    "scans.csv is missing or unusable",
+                )
+                for box in boxes:
+                    self.p.failed.add((file, box.row))
+            return boxes
+        scan_lines = self._scan_lines()
+        for box in boxes:
+            scan = self._check_scan_ref(file, box.row, box.scan_id, scans, scan_lines)
+            if scan is None:
+                continue
+            info = self.video_info.get(scan.scan_id)
+            if info is not None and box.frame >= info.frame_count:
+                self.p.error(
+                    file,
+                    box.row,
+                    "frame",
+                    f"frame {box.frame} is past the end of {self.rel(scan.video)} "
+                    f"({info.frame_count} frames)",
+                )
+        return boxes
+
+    # -- images, pairs ------------------------------------------------------------------------------
+    def check_images(self) -> dict[str, ImageRecord]:
+        table = self.tables["images"]
+        if table is None:
+            return {}
+        file = MANIFEST_FILES["images"]
+        images = parse_images(self.root, table, self.p)
+        for image in images.values():
+            if not self._exists(file, image.row, "image", image.path, "image"):
+                continue
+            if self.deep:
+                try:
+                    read_image(image.path, 1)
+                except MediaError as exc:
+                    self.p.error(file, image.row, "image", self._media_msg(image.path, exc))
+        valid = [im for im in images.values() if self.p.ok(file, im.row)]
+        if not any(im.role == "standard" for im in valid):
+            self.p.warning(
+                file, None, "role", "no valid image has role 'standard' (the standard-plane set is empty)"
+            )
+        by_split: dict[str, set[str]] = defaultdict(set)
+        for im in valid:
+            if im.role == "train":
+                by_split[im.split].add(im.plane)
+        for split, planes in by_split.items():
+            if len(planes) < 2:
+                self.p.warning(
+                    file,
+                    None,
+                    "plane",
+                    f"split {split!r} has fewer than 2 planes among role-'train' images "
+                    f"({', '.join(sorted(planes))})",
+                )
+        return images
+
+    def check_pairs(self, images: dict[str, ImageRecord]) -> list[PairRecord]:
+        table = self.tables["pairs"]
+        if table is None:
+            return []
+        file = MANIFEST_FILES["pairs"]
+        ifile = MANIFEST_FILES["images"]
+        pairs = parse_pairs(table, self.p)
+        itable = self.tables["images"]
+        if itable is None:
+            if pairs:
+                self.p.error(
+                    file,
+                    None,
+                    None,
+                    f"cannot check {_plural(len(pairs), 'pair')}: images.csv is missing or unusable",
+                )
+                for pair in pairs:
+                    self.p.failed.add((file, pair.row))
+            return pairs
+        # every images.csv row (valid or not), by id as written and by normalised path
+        by_id: dict[str, int] = {}
+        by_path: dict[str, tuple[str, int]] = {}
+        for line, row in itable.rows:
+            written = row.get("image", "")
+            if not written:
+                continue
+            by_id.setdefault(written, line)
+            by_path.setdefault(_normkey(resolve_path(self.root, written)), (written, line))
+
+        out: list[PairRecord] = []
+        for pair in pairs:
+            ids: list[str | None] = []
+            for column, written in (("better", pair.better), ("worse", pair.worse)):
+                if written in by_id:
+                    image_id, line = written, by_id[written]
+                elif _normkey(resolve_path(self.root, written)) in by_path:
+                    image_id, line = by_path[_normkey(resolve_path(self.root, written))]
+                else:
+                    self.p.error(file, pair.row, column, f"image {written!r} is not in images.csv")
+                    ids.append(None)
+                    continue
+                image = images.get(image_id)
+                if image is None or not self.p.ok(ifile, image.row):
+                    self.p.error(file, pair.row, column, f"image {written!r} is invalid (images.csv:{line})")
+                    ids.append(None)
+                    continue
+                ids.append(image_id)
+            better, worse = ids
+            if better is not None and worse is not None:
+                if better == worse:
+                    self.p.error(file, pair.row, "worse", f"better and worse are the same image ({better!r})")
+                for column, image_id in (("better", better), ("worse", worse)):
+                    plane = images[image_id].plane
+                    if plane != pair.plane:
+                        self.p.warning(
+                            file,
+                            pair.row,
+                            "plane",
+                            f"pair plane {pair.plane!r} differs from {column} image "
+                            f"{image_id!r}'s plane {plane!r}",
+                        )
+                out.append(PairRecord(better, worse, pair.plane, pair.split, pair.row))
+            else:
+                out.append(pair)
+        return out
+
+    # -- everything ---------------------------------------------------------------------------------
+    def run(self) -> ValidationReport:
+        self.load_tables()
+        scans = self.check_scans()
+        clips = self.check_clips(scans)
+        boxes = self.check_boxes(scans)
+        images = self.check_images()
+        pairs = self.check_pairs(images)
+
+        ok = self.p.ok
+        f = MANIFEST_FILES
+        manifests = Manifests(
+            root=self.root,
+            scans={k: s for k, s in scans.items() if ok(f["scans"], s.row)},
+            clips={k: c for k, c in clips.items() if ok(f["clips"], c.row)},
+            images={k: im for k, im in images.items() if ok(f["images"], im.row)},
+            pairs=[p for p in pairs if ok(f["pairs"], p.row)],
+            boxes=[b for b in boxes if ok(f["boxes"], b.row)],
+            video_info={k: v for k, v in self.video_info.items() if ok(f["scans"], scans[k].row)},
+        )
+        # fewer than 2 classes in a split (kept clips only)
+        labels: dict[str, set[str]] = defaultdict(set)
+        for clip in manifests.clips.values():
+            labels[clip.split].add(clip.label)
+        for split in (s for s in ("train", "val", "test") if s in labels):
+            if len(labels[split]) < 2:
+                self.p.warning(
+                    f["clips"],
+                    None,
+                    "label",
+                    f"split {split!r} has fewer than 2 classes ({', '.join(sorted(labels[split]))})",
+                )
+
+        order = {name: i for i, name in enumerate(f.values())}
+        problems = sorted(
+            self.p.problems, key=lambda p: (order.get(p.file, len(order)), p.row if p.row is not None else 0)
+        )
+        return ValidationReport(
+            root=self.root,
+            errors=[p for p in problems if p.severity == "error"],
+            warnings=[p for p in problems if p.severity == "warning"],
+            manifests=manifests,
+        )
+
+
+def _read_gaze_in_file_order(path: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(CSV line of each sample, time_s, xy) in file order; the file was checked by ``load_gaze``."""
+    import csv
+
+    lines: list[int] = []
+    values: list[tuple[float, float, float]] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            names = [h.strip() for h in next(reader)]
+            cols = [names.index(c) for c in ("time_s", "x", "y")]
+            prev = reader.line_num
+            for row in reader:
+                line, prev = prev + 1, reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                cells = [row[c].strip() if c < len(row) else "" for c in cols]
+                values.append(tuple(float(v) if v else math.nan for v in cells))  # type: ignore[arg-type]
+                lines.append(line)
+    except (OSError, ValueError, StopIteration, csv.Error) as exc:
+        raise MediaError(f"{path}: cannot read gaze file ({exc})") from None
+    arr = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+    xy = arr[:, 1:].copy()
+    xy[np.isnan(xy).any(axis=1)] = np.nan
+    return lines, arr[:, 0], xy
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(_normkey(path)).relative_to(_normkey(root))
+        return True
+    except ValueError:
+        return False
+
+
+def validate_dataset(
+    root: str | os.PathLike,
+    require: Iterable[str] | str = ("scans", "clips"),
+    deep: bool = True,
+) -> ValidationReport:
+    """Check a dataset folder and return every problem found (never stops at the first).
+
+    ``require`` names the manifests that must exist (``scans``, ``clips``, ``images``, ``pairs``,
+    ``boxes``); the others are validated when present. ``deep`` opens the media (probes every
+    video once including its last frame, reads gaze files, decodes audio and images); with
+    ``deep=False`` only the CSV structure and the existence of the media files are checked.
+    """
+    root = Path(root).expanduser()
+    names = _parse_require(require)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        return ValidationReport(
+            root=root,
+            errors=[Problem(str(root), None, None, f"dataset folder {what}")],
+            warnings=[],
+            manifests=Manifests(root=root),
+        )
+    return _Validator(root.resolve(), names, deep).run()
+
+
+def load_dataset(
+    root: str | os.PathLike,
+    require: Iterable[str] | str = ("scans", "clips"),
+    deep: bool = True,
+    skip_invalid: bool = False,
+    logger: logging.Logger | None = None,
+) -> Manifests:
+    """Validate and return the dataset's rows.
+
+    Warnings are logged. With errors, raises :class:`DatasetValidationError` listing them all,
+    unless ``skip_invalid``: then every skipped row is logged and the valid rows are returned
+    (problems that concern a whole required file, e.g. a missing manifest, still raise).
+    """
+    log = logger or logging.getLogger(LOGGER_NAME)
+    report = validate_dataset(root, require=require, deep=deep)
+    for p in report.warnings:
+        log.warning("dataset warning: %s", p)
+    if not report.errors:
+        return report.manifests
+    if not skip_invalid:
+        raise DatasetValidationError(report.errors, report.root)
+    names = _parse_require(require)
+    required_files = {MANIFEST_FILES[n] for n in names}
+    fatal = [
+        p
+        for p in report.errors
+        if p.row is None and (p.file in required_files or p.file not in MANIFEST_FILES.values())
+    ]
+    if fatal:
+        raise DatasetValidationError(fatal, report.root)
+    rows = sorted({(p.file, p.row) for p in report.errors if p.row is not None})
+    for p in report.errors:
+        if p.row is None:
+            log.warning("skipping all rows of %s: %s", p.file, p)
+        else:
+            log.warning("skipping invalid row %s", p)
+    log.warning(
+        "skip_invalid: skipped %s of dataset %s (%s)",
+        _plural(len(rows), "row"),
+        report.root,
+        _plural(len(report.errors), "error"),
+    )
+    return report.manifests
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m datamodules.validate",
+        description="Check a sonolab dataset folder (docs/data.md) and report every problem.",
+    )
+    parser.add_argument("dir", help="dataset folder")
+    parser.add_argument(
+        "--require",
+        default="scans,clips",
+        help="comma-separated manifests that must exist (scans, clips, images, pairs, boxes); "
+        "default: scans,clips; '' for none",
+    )
+    parser.add_argument(
+        "--shallow", action="store_true", help="check CSVs and file existence only, open no media"
+    )
+    args = parser.parse_args(argv)
+    root = Path(args.dir).expanduser()
+    if not root.is_dir():
+        print(
+            f"error: dataset folder {root} {'is not a folder' if root.exists() else 'does not exist'}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        require = _parse_require(args.require)
+    except ValueError as exc:
+        parser.error(str(exc))
+    report = validate_dataset(root, require=sorted(require), deep=not args.shallow)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
