@@ -67,6 +67,20 @@ def anchored_indices(end_frame: int, num_frames: int, interval: int) -> tuple[in
     return tuple(last - interval * (num_frames - 1 - j) for j in range(num_frames))
 
 
+def stratified_subset(items: Sequence[ClipItem], fraction: float, seed: int) -> list[ClipItem]:
+    """A seeded subset keeping `fraction` of each label (at least one item per label)."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[ClipItem]] = {}
+    for item in items:
+        by_label.setdefault(item.label, []).append(item)
+    kept: list[ClipItem] = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        n = max(1, round(len(group) * fraction))
+        kept.extend(group[i] for i in sorted(rng.choice(len(group), size=n, replace=False)))
+    return kept
+
+
 class ClipDataset(Dataset):
     """Reads cached frames/flow and builds gaze maps and audio features on the fly (both are cheap)."""
 
@@ -152,6 +166,8 @@ class VideoClipDataModule(SonoDataModule):
         audio_sample_rate, audio_seconds: the speech window ending at the clip's last frame.
         n_mels, n_fft, hop_length, f_min, f_max: log-mel front end (CNN14's 16 kHz layout by default).
         image_frame: "random" frame of the clip for `image` in training ("last" = the freeze frame in eval).
+        train_fraction: keep this fraction of the training items (label-stratified, seeded by
+            `subset_seed`): the "small labelled subset" of transfer-learning experiments.
         flow_median_ksize, flow_winsize: Farneback pre-filter and window (the VQA paper: 21 and 3).
     """
 
@@ -179,6 +195,8 @@ class VideoClipDataModule(SonoDataModule):
         f_min: float = 50.0,
         f_max: float = 8000.0,
         image_frame: str = "random",
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
         flow_median_ksize: int = 21,
         flow_winsize: int = 3,
         batch_size: int = 8,
@@ -229,6 +247,10 @@ class VideoClipDataModule(SonoDataModule):
             f_max=f_max,
         )
         self.image_frame = check_choice("data.init_args.image_frame", image_frame, IMAGE_FRAMES)
+        if not 0.0 < train_fraction <= 1.0:
+            raise ValueError(f"data.init_args.train_fraction must be in (0, 1], got {train_fraction}")
+        self.train_fraction = train_fraction
+        self.subset_seed = subset_seed
         self.flow_params = FlowParams(median_ksize=flow_median_ksize, winsize=flow_winsize)
         self.items: dict[str, list[ClipItem]] | None = None
 
@@ -270,6 +292,8 @@ class VideoClipDataModule(SonoDataModule):
             if not self.skip_invalid:
                 raise ValueError(f"{len(problems)} clip(s) in {self.root} cannot be sampled:\n{message}")
             log.warning("skipping %d clip(s) that cannot be sampled:\n%s", len(problems), message)
+        if self.train_fraction < 1.0:
+            items["train"] = stratified_subset(items["train"], self.train_fraction, self.subset_seed)
         if self.classes is None:
             self.classes = sorted({it.label for split in items.values() for it in split if it.label})
         self.items = items

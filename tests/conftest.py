@@ -30,3 +30,55 @@ def tiny_dataset(session_tmp: Path) -> Path:
     from datamodules.synthetic import generate_dataset
 
     return generate_dataset(session_tmp / "tiny", preset="tiny", seed=0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run the `lightning` CLI in this process, in a temp working dir (runs/, caches land there).
+
+    Usage: ``cli = run_cli(["fit", "--config", str(CONFIGS / "vqa.yaml"), ...])``; returns the LightningCLI.
+    Config paths must be absolute (use the CONFIGS constant via `configs_dir`).
+    """
+    from lightning_modules.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(args: list[str]):
+        return main([str(a) for a in args])
+
+    return run
+
+
+@pytest.fixture
+def run_cli_subprocess(tmp_path: Path):
+    """Run `python -m lightning_modules.cli ARGS` in a fresh process (needed for DDP: Lightning re-launches
+    the command once per device). Returns the CompletedProcess; raises with the output on failure."""
+    import subprocess
+    import sys
+
+    def run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+        env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_modules.cli", *map(str, args)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"CLI failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            )
+        return proc
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def configs_dir() -> Path:
+    return CONFIGS

@@ -175,3 +175,15 @@ def test_missing_root_without_synthetic_is_a_clear_error(tmp_path: Path) -> None
     dm = VideoClipDataModule(root=str(tmp_path / "nope"), synthetic=None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         dm.prepare_data()
+
+
+def test_train_fraction_is_a_stratified_seeded_subset(tiny_dataset: Path) -> None:
+    full = clip_dm(tiny_dataset, modalities=["video"])
+    half = clip_dm(tiny_dataset, modalities=["video"], train_fraction=0.5, subset_seed=3)
+    again = clip_dm(tiny_dataset, modalities=["video"], train_fraction=0.5, subset_seed=3)
+    full_ids = {it.item_id for it in full.items["train"]}
+    half_ids = [it.item_id for it in half.items["train"]]
+    assert set(half_ids) <= full_ids and len(half_ids) < len(full_ids)
+    assert half_ids == [it.item_id for it in again.items["train"]]
+    assert {it.label for it in half.items["train"]} == {it.label for it in full.items["train"]}
+    assert len(half.items["test"]) == len(full.items["test"]), "only train is subsampled"
