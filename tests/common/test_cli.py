@@ -1,0 +1,75 @@
+"""The `lightning` command: W&B offline by default, per-run folders, help output, prediction CSVs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from callbacks.predictions import columns_to_rows, dedupe_rows, write_csv_atomic
+from lightning_modules.cli import default_wandb_mode, has_wandb_key, run_directory
+
+
+def test_wandb_is_offline_without_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not has_wandb_key()
+    default_wandb_mode()
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_wandb_key_in_netrc_keeps_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert has_wandb_key()
+    default_wandb_mode()
+    assert "WANDB_MODE" not in os.environ
+
+
+def test_user_choice_of_wandb_mode_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    default_wandb_mode()
+    assert os.environ["WANDB_MODE"] == "disabled"
+
+
+def test_run_directory_matches_checkpoint_layout(tmp_path: Path) -> None:
+    logger = SimpleNamespace(save_dir=str(tmp_path / "runs"), name="sonolab-vqa", version="abc123")
+    trainer = SimpleNamespace(logger=logger, default_root_dir=str(tmp_path))
+    assert run_directory(trainer) == tmp_path / "runs" / "sonolab-vqa" / "abc123"
+    logger.version = 3
+    assert run_directory(trainer).name == "version_3"
+    assert run_directory(SimpleNamespace(logger=None, default_root_dir=str(tmp_path))) == tmp_path
+
+
+@pytest.mark.parametrize("program", ["lightning", "sonolab"])
+def test_console_scripts_print_help(program: str) -> None:
+    exe = Path(sys.executable).parent / program
+    out = subprocess.run([str(exe), "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--trainer.strategy" in out.stdout and "--data" in out.stdout
+
+
+def test_prediction_columns_become_rows(tmp_path: Path) -> None:
+    rows = columns_to_rows({"clip_id": ["a", "b"], "score": torch.tensor([0.5, 1.5])})
+    assert rows == [{"clip_id": "a", "score": 0.5}, {"clip_id": "b", "score": 1.5}]
+    with pytest.raises(ValueError, match="different lengths"):
+        columns_to_rows({"clip_id": ["a"], "score": torch.tensor([0.5, 1.5])})
+    path = tmp_path / "p.csv"
+    write_csv_atomic(path, rows)
+    assert path.read_text().splitlines() == ["clip_id,score", "a,0.5", "b,1.5"]
+    assert not list(tmp_path.glob(".p.csv.tmp*"))
+
+
+def test_ddp_padding_duplicates_are_removed() -> None:
+    rows = [{"id": "a", "s": "1"}, {"id": "b", "s": "2"}, {"id": "a", "s": "1"}]
+    assert dedupe_rows(rows) == rows[:2]
