@@ -73,3 +73,23 @@ def test_prediction_columns_become_rows(tmp_path: Path) -> None:
 def test_ddp_padding_duplicates_are_removed() -> None:
     rows = [{"id": "a", "s": "1"}, {"id": "b", "s": "2"}, {"id": "a", "s": "1"}]
     assert dedupe_rows(rows) == rows[:2]
+
+
+MAIN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", MAIN_CONFIGS, ids=lambda p: p.name)
+def test_print_config_resolves_every_main_config(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`lightning fit --print_config --config X` parses, links data shapes into the model, and resolves ${...}."""
+    from lightning_modules.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path" in printed and "${" not in printed
+    assert "WandbLogger" in printed, "every config logs through W&B"
+    assert "ModelCheckpoint" in printed
