@@ -66,7 +66,9 @@ def bench_data(root: Path, image_size: int, workers: int) -> dict[str, Any]:
             dm = make(cache_workers)
             cache = dm.clip_cache()
             n_clips = len(cache.specs)
-            seconds = timed(lambda dm=dm, cw=cache_workers: dm.clip_cache().build(num_workers=cw, progress=False))
+            seconds = timed(
+                lambda dm=dm, cw=cache_workers: dm.clip_cache().build(num_workers=cw, progress=False)
+            )
             results[f"cache_build_clips_per_s_workers{cache_workers}"] = n_clips / seconds
             shutil.rmtree(cache.path, ignore_errors=True)
         dm = make()
@@ -86,7 +88,9 @@ def bench_data(root: Path, image_size: int, workers: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", default="data/synthetic-demo")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)

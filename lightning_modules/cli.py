@@ -1,7 +1,7 @@
 """The `lightning` / `sonolab` command: one LightningCLI for every model and DataModule.
 
-Subclass mode for model and data (``class_path`` / ``init_args`` in the YAML), the omegaconf parser mode
-so ``${...}`` interpolation works in configs, the full config saved next to every run's checkpoints,
+Subclass mode for model and data (``class_path`` / ``init_args`` in the YAML), the omegaconf+ parser mode
+so ``${...}`` interpolation works across stacked configs and overrides, the full config saved next to every run's checkpoints,
 and the random seed written back into that saved config so a run can be repeated exactly.
 """
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -84,15 +85,22 @@ class SonolabCLI(LightningCLI):
         parser.link_arguments("data.init_args.channels", "model.init_args.in_channels")
 
 
+def configure_interpolation() -> None:
+    """`${data.init_args.x}` in a config resolves against the FINAL merged config (all --config files and
+    command-line overrides), so an overlay or flag that changes a data shape also reaches the model."""
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+
+
 def main(args: list[str] | None = None) -> SonolabCLI:
     """Entry point of the `lightning` and `sonolab` console scripts."""
     default_wandb_mode()
+    configure_interpolation()
     return SonolabCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_callback=RunConfigSaver,
         seed_everything_default=True,
         args=args,

@@ -1,7 +1,10 @@
 """cLSTMU-Net video gaze-saliency prediction (Savochkina et al., ISBI 2022).
 
-Phase 1: the plain nn.Modules (:mod:`.nets`) and the sequence RandAugment policy (:mod:`.augment`); the
-saliency metrics and loss are shared in :mod:`lightning_modules.common.saliency`.
+:mod:`.nets` the plain nn.Modules (ConvLSTM, U-Net, ``nets.CLSTMUNet``, exported here as ``CLSTMUNet``);
+:mod:`.augment` the sequence RandAugment policy; :mod:`.module` the LightningModule
+``lightning_modules.clstm_unet.module.CLSTMUNet`` the configs name; :mod:`.stream` streaming prediction over
+a video; :mod:`.tables` the paper's tables as runs. The saliency metrics and loss are shared in
+:mod:`lightning_modules.common.saliency`. See README.md in this folder.
 """
 
 from lightning_modules.clstm_unet.augment import DEFAULT_TRANSFORMS, SequenceRandAugment

@@ -93,3 +93,18 @@ def test_print_config_resolves_every_main_config(
     assert "class_path" in printed and "${" not in printed
     assert "WandbLogger" in printed, "every config logs through W&B"
     assert "ModelCheckpoint" in printed
+
+
+def test_interpolation_follows_overrides(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A data shape changed on the command line reaches the model through `${data.init_args...}`."""
+    from lightning_modules.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[2] / "configs" / "clstm_unet.yaml"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--data.init_args.num_before=4", "--print_config"])
+    printed = capsys.readouterr().out
+    assert printed.count("num_before: 4") == 2, "data and model agree"
+    assert "num_before: 6" not in printed
