@@ -8,7 +8,7 @@ SEED   ?= 0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format data bench clean clean-venv
+.PHONY: help install demo test test-slow test-all lint format data bench clean clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	@touch $@
 
 install: $(VENV)/.installed ## create .venv if missing and install sonolab + dev tools (idempotent)
+
+demo: install ## VideoQualityGAN demo: demo data, zoom-in pretraining, short training + test, metrics (< 15 min on 2 CPUs)
+	@test -f data/synthetic-demo/synthetic.json || $(BIN)/python -m datamodules.synthetic --out data/synthetic-demo --preset demo --seed 0
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m lightning_modules.vqa_gan.demo
 
 test: install ## the test suite CI runs (W&B disabled, slow tests left out)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)

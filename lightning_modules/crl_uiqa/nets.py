@@ -161,8 +161,14 @@ class QualityScorer(nn.Module):
         return self.backbone(images)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid score ``B``."""
-        return self.head(self.dropout(self.projection(self.embed(images)))).squeeze(1)
+        """Pre-sigmoid score ``B`` (float32).
+
+        The head runs in float32 even under bf16/fp16 autocast: a bf16 score has ~3 significant digits, so
+        close images would tie, and a tie counts as an error in the pairwise accuracy.
+        """
+        feat = self.embed(images)
+        with torch.autocast(device_type=feat.device.type, enabled=False):
+            return self.head(self.dropout(self.projection(feat.float()))).squeeze(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Quality score ``B`` in ``[0, 1]``."""

@@ -495,3 +495,9 @@ def load_pseudo_labels(
                 + "\n  ".join(problems)
             )
     return [str(i) for i in ids], lab, params
+
+
+if __name__ == "__main__":  # the dataset-level step lives in .labelling (it needs the DataModule)
+    from lightning_modules.crl_uiqa.labelling import main
+
+    main()

@@ -201,7 +201,8 @@ def blur(
         pad = size // 2
         x = F.pad(images.reshape(1, B * C, H, W), (pad, pad, pad, pad), mode="reflect")
         weight = k.repeat_interleave(C, dim=0)[:, None]  # (B*C)×1×K×K
-        return F.conv2d(x, weight, groups=B * C).reshape(B, C, H, W)
+        # In the input's dtype even under autocast (conv2d would come out bf16/fp16 there).
+        return F.conv2d(x, weight, groups=B * C).reshape(B, C, H, W).to(images.dtype)
     raise ValueError(f"unknown blur kind {kind!r}; expected one of {BLUR_KINDS}")
 
 

@@ -1,0 +1,432 @@
+"""CRL-UIQA modules, the dataset pseudo-label step and the frame ranking, without the CLI.
+
+Known answers: the loss a training step returns against hand-computed MSE; what each view feeds the loss (the
+pseudo-label target unchanged by the weak view, the ε that the strong view drew); the learning-rate schedule;
+the classical baselines on reference images; labels of a dataset against the pure functions of
+``pseudo_labels``; rankings by a brightness scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+import lightning_modules.crl_uiqa.module as module_mod
+from datamodules.images import ImageDataModule, ImageDataset
+from datamodules.readers import VideoReader
+from lightning_modules.crl_uiqa.labelling import (
+    DatasetPseudoLabels,
+    PseudoLabelSpec,
+    build_embedding_model,
+    dataset_pseudo_labels,
+    embed_images,
+)
+from lightning_modules.crl_uiqa.labelling import main as pseudo_label_command
+from lightning_modules.crl_uiqa.module import CRLUIQA, ClassicalIQA, PlaneClassifierModule
+from lightning_modules.crl_uiqa.nets import PlaneClassifier
+from lightning_modules.crl_uiqa.pseudo_labels import (
+    apply_pseudo_label_params,
+    load_pseudo_labels,
+    make_pseudo_labels,
+)
+from lightning_modules.crl_uiqa.ranking import rank_clip, rank_frames, rank_images
+from lightning_modules.crl_uiqa.views import blur
+
+
+class MeanScorer(nn.Module):
+    """Score = mean pixel value: exactly invariant to flips and 90° turns, known for any image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2, 3)) + self.bias
+
+
+def images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, size, size, generator=g) * 2 - 1
+
+
+def textures(n: int, size: int = 48, seed: int = 0) -> torch.Tensor:
+    """Smooth random textures in [-1, 1] (distinct enough that each is its own closest reference)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size // 4, size // 4, generator=g) * 2 - 1
+    return nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------- CRLUIQA steps
+
+
+def test_training_step_without_views_is_alpha_times_mse() -> None:
+    torch.manual_seed(0)
+    model = CRLUIQA(image_size=32, in_channels=1, proj_dim=8, consistency=False, relativity=False, alpha=0.05)
+    model.train_targets = torch.tensor([0.1, 0.9, 0.4, 0.7])
+    x = images(3)
+    index = torch.tensor([3, 0, 2])
+    loss = model.training_step({"image": x, "index": index}, 0)
+    with torch.no_grad():
+        p = model.scorer(x)
+    want = 0.05 * ((torch.tensor([0.7, 0.1, 0.4]) - p) ** 2).mean()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-7)
+    assert loss.requires_grad
+
+
+def test_training_step_feeds_each_view_to_its_loss_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = CRLUIQA(image_size=32, in_channels=1, proj_dim=8, right_angles=True, eps_range=(0.1, 0.3))
+    model.scorer = MeanScorer()
+    model.train_targets = torch.tensor([0.25, 0.5, 0.75, 1.0])
+    drawn: dict[str, torch.Tensor] = {}
+    seen: dict[str, object] = {}
+    real_strong, real_loss = module_mod.strong_view, module_mod.crl_loss
+
+    def strong(images_: torch.Tensor, eps_range, **kwargs):
+        out, eps = real_strong(images_, eps_range, **kwargs)
+        drawn.update(images=out, eps=eps)
+        return out, eps
+
+    def loss(p, p_weak, p_strong, q, eps, *args):
+        seen.update(p=p, p_weak=p_weak, p_strong=p_strong, q=q, eps=eps)
+        return real_loss(p, p_weak, p_strong, q, eps, *args)
+
+    monkeypatch.setattr(module_mod, "strong_view", strong)
+    monkeypatch.setattr(module_mod, "crl_loss", loss)
+    x = images(4, seed=3)
+    model.training_step({"image": x, "index": torch.tensor([2, 2, 0, 1])}, 0)
+    # L_d's target is the pseudo-label of the source image, whatever the views do
+    torch.testing.assert_close(seen["q"], torch.tensor([0.75, 0.75, 0.25, 0.5]))
+    torch.testing.assert_close(seen["p"], x.mean(dim=(1, 2, 3)))
+    # the weak view (flips / right-angle turns) is quality-preserving: same mean, same score
+    torch.testing.assert_close(seen["p_weak"], seen["p"], rtol=0, atol=1e-6)
+    # the strong view is scored on the blurred images, and the loss gets the ε that made them
+    assert seen["eps"] is drawn["eps"]
+    assert bool(((drawn["eps"] >= 0.1) & (drawn["eps"] <= 0.3)).all())
+    torch.testing.assert_close(seen["p_strong"], drawn["images"].mean(dim=(1, 2, 3)))
+    assert not torch.equal(drawn["images"], x)
+
+
+def test_ablation_switches_drop_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"weak": 0, "strong": 0}
+    real_weak, real_strong = module_mod.weak_view, module_mod.strong_view
+
+    def weak(*a, **k):
+        calls["weak"] += 1
+        return real_weak(*a, **k)
+
+    def strong(*a, **k):
+        calls["strong"] += 1
+        return real_strong(*a, **k)
+
+    monkeypatch.setattr(module_mod, "weak_view", weak)
+    monkeypatch.setattr(module_mod, "strong_view", strong)
+    batch = {"image": images(2), "index": torch.tensor([0, 1])}
+    for consistency, relativity in ((True, False), (False, True)):
+        model = CRLUIQA(image_size=32, proj_dim=8, consistency=consistency, relativity=relativity)
+        model.scorer = MeanScorer()
+        model.train_targets = torch.tensor([0.2, 0.8])
+        model.training_step(batch, 0)
+    assert calls == {"weak": 1, "strong": 1}
+
+
+def test_views_and_scores_stay_float32_under_bf16_autocast() -> None:
+    x = images(4)
+    model = CRLUIQA(image_size=32, proj_dim=8).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for kind in ("gaussian", "motion"):
+            out, eps = module_mod.strong_view(x, (0.2, 0.3), kinds=(kind,))
+            assert out.dtype == torch.float32 and eps.dtype == torch.float32
+        assert model(x).dtype == torch.float32
+
+
+def test_bad_hyperparameters_are_named() -> None:
+    with pytest.raises(ValueError, match="eps_range"):
+        CRLUIQA(image_size=32, eps_range=(0.3, 1.2))
+    with pytest.raises(ValueError, match="blur_kinds"):
+        CRLUIQA(image_size=32, blur_kinds=["box"])
+    with pytest.raises(ValueError, match="alpha"):
+        CRLUIQA(image_size=32, alpha=-1.0)
+    with pytest.raises(ValueError, match="blur_levels"):
+        CRLUIQA(image_size=32, blur_levels=[0.0, 2.0, 1.0])
+    with pytest.raises(FileNotFoundError, match=r"no_such\.ckpt"):
+        CRLUIQA(image_size=32, embedding="no_such.ckpt")
+    with pytest.raises(ValueError, match="method"):
+        ClassicalIQA(image_size=32, method="piqe")
+
+
+def test_scorer_starts_from_the_embedding_network() -> None:
+    model = CRLUIQA(image_size=32, proj_dim=8, init_from_embedding=True, embedding_seed=3)
+    embedder, _ = build_embedding_model(PseudoLabelSpec(seed=3), 1)
+    for key, value in embedder.state_dict().items():
+        assert torch.equal(model.scorer.backbone.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="embedding network is a resnet18, the scorer a resnet10t"):
+        CRLUIQA(image_size=32, backbone="resnet10t", init_from_embedding=True)
+    with pytest.raises(ValueError, match="not both"):
+        CRLUIQA(image_size=32, init_from_embedding=True, pretrained_path="x.pt")
+
+
+def test_sgd_with_linear_decay() -> None:
+    model = CRLUIQA(image_size=32, proj_dim=8, lr=1e-3, final_lr_ratio=0.01)
+    model.trainer = Trainer(
+        max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.SGD)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (
+        1e-3,
+        0.937,
+        True,
+        5e-4,
+    )
+    factor = sched.lr_lambdas[0]
+    assert [factor(e) for e in (0, 5, 10)] == pytest.approx([1.0, 1.0 - 0.99 * 0.5, 0.01])
+
+
+def test_pseudo_label_agreement_and_predict_rows() -> None:
+    model = CRLUIQA(image_size=32, proj_dim=8)
+    model.scorer = MeanScorer()
+    model.init_metrics(["a", "b"])
+    model.pseudo = DatasetPseudoLabels(
+        labels={"i0": 0.9, "i1": 0.1, "i2": 0.2, "i3": 0.6},
+        raw_scores={},
+        train_ids=[],
+        params={},
+        path=None,  # type: ignore[arg-type]
+    )
+    bright, dark = torch.full((2, 1, 16, 16), 0.5), torch.full((2, 1, 16, 16), -0.5)
+    batch = {
+        "better": bright,
+        "worse": dark,
+        "better_id": ["i0", "i2"],
+        "worse_id": ["i1", "i3"],
+        "plane": ["a", "b"],
+    }
+    model.validation_step(batch, 0)
+    # the scorer ranks both pairs right; the pseudo-labels only the first (0.9 > 0.1, 0.2 < 0.6)
+    assert model.pairwise["val"].counts()["overall"] == {"T": 2, "F": 0}
+    assert model.pseudo_pairwise["val"].counts() == {
+        "overall": {"T": 1, "F": 1},
+        "a": {"T": 1, "F": 0},
+        "b": {"T": 0, "F": 1},
+    }
+    # constant images: blurring changes nothing, so no image is strictly monotonic
+    assert float(model.monotonic["val"].compute()) == 0.0
+    rows = model.predict_step({"image": bright, "image_id": ["x.png", "y.png"], "plane": ["a", "a"]}, 0)
+    assert rows["image"] == ["x.png", "y.png"] and rows["plane"] == ["a", "a"]
+    torch.testing.assert_close(rows["score"], torch.tensor([0.5, 0.5]))
+
+
+# --------------------------------------------------------------------------------------------- baselines
+
+
+def test_mssim_baseline_scores_references_one_and_blur_lower() -> None:
+    std = textures(4, seed=1)
+    planes = ["a", "a", "b", "b"]
+    model = ClassicalIQA(image_size=48, method="mssim").fit_references(std, planes)
+    torch.testing.assert_close(model.score(std, planes), torch.ones(4), rtol=0, atol=1e-5)
+    blurred = blur(std, torch.full((4,), 0.2), "gaussian")
+    assert bool((model.score(blurred, planes) < 0.999).all())
+    # per plane, the reference of a plane-b image is only searched among plane-b standards
+    crossed = model.score(std[2:], ["a", "a"])
+    assert bool((crossed < 0.99).all())
+    model.init_metrics(["a", "b"])
+    model.validation_step({"better": std, "worse": blurred, "plane": planes}, 0)
+    assert model.pairwise["val"].counts()["overall"] == {"T": 4, "F": 0}
+    assert float(model.monotonic["val"].compute()) == 1.0
+
+
+def test_niqe_and_brisque_baselines_fit_on_standards() -> None:
+    std = textures(6, size=64, seed=2)
+    planes = ["a"] * 6
+    niqe = ClassicalIQA(image_size=64, method="niqe").fit_references(std, planes)
+    assert niqe.niqe_patch_size == 16
+    flat = torch.full((1, 1, 64, 64), -1.0)  # no textured patch: NIQE is undefined, ranked last
+    scores = niqe.score(torch.cat([std[:2], flat]), ["a"] * 3)
+    assert scores.dtype == torch.float32 and scores.shape == (3,)
+    assert bool(torch.isfinite(scores[:2]).all()) and scores[2].item() == -math.inf
+    brisque = ClassicalIQA(image_size=64, method="brisque").fit_references(std, planes)
+    s = brisque.score(std, planes)
+    assert s.shape == (6,) and bool(torch.isfinite(s).all())
+    with pytest.raises(ValueError, match="one plane per image"):
+        niqe.fit_references(std, ["a"])
+
+
+def test_plane_classifier_module_steps() -> None:
+    torch.manual_seed(0)
+    model = PlaneClassifierModule(image_size=32, in_channels=1, planes=["x", "y", "z"])
+    x = images(4)
+    assert model(x).shape == (4, 3) and model.embed(x).shape == (4, 512)
+    loss = model.training_step({"image": x, "label": torch.tensor([0, 1, 2, 1])}, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    rows = model.predict_step({"image": x, "image_id": list("abcd"), "plane": ["x"] * 4}, 0)
+    assert set(rows["predicted_plane"]) <= {"x", "y", "z"} and len(rows["probability"]) == 4
+    assert bool(((rows["probability"] >= 1 / 3) & (rows["probability"] <= 1)).all())
+    assert model.hparams["planes"] == ["x", "y", "z"]
+
+
+# --------------------------------------------------------------------------------------------- dataset step
+
+
+@pytest.fixture(scope="module")
+def tiny_dm(tiny_dataset) -> ImageDataModule:
+    dm = ImageDataModule(root=str(tiny_dataset), synthetic=None, image_size=32, batch_size=8)
+    dm.setup("fit")
+    return dm
+
+
+def test_random_embedding_is_seeded_and_leaves_the_global_rng(tiny_dm: ImageDataModule) -> None:
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, name = build_embedding_model(PseudoLabelSpec(seed=7), 1)
+    after = torch.rand(3)
+    b, _ = build_embedding_model(PseudoLabelSpec(seed=7), 1)
+    assert name == "resnet18" and torch.equal(before, after)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+    # with the residual branches live, distinct small images get distinct embeddings
+    ds = ImageDataset(tiny_dm.records(role="train")[:6], tiny_dm.classes, 1, tiny_dm.hw)
+    emb, _ = embed_images(
+        a,
+        [{"image": torch.stack([ds[i]["image"] for i in range(6)]), "image_id": list("abcdef")}],
+        "cpu",
+        "t",
+        False,
+    )
+    assert float(torch.cdist(emb, emb).max()) > 0
+
+
+def test_classifier_checkpoint_as_embedding(tmp_path) -> None:
+    torch.manual_seed(0)
+    clf = PlaneClassifier(num_classes=3, backbone="resnet10t", in_channels=1).eval()
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in clf.state_dict().items()},
+        "hyper_parameters": {"backbone": "resnet10t", "planes": ["a", "b", "c"]},
+    }
+    path = tmp_path / "plane_classifier.ckpt"
+    torch.save(ckpt, path)
+    model, name = build_embedding_model(PseudoLabelSpec(embedding=str(path), backbone="resnet18"), 1)
+    assert name == "resnet10t"
+    x = images(2)
+    torch.testing.assert_close(model.eval()(x), clf.embed(x))
+
+
+def test_dataset_pseudo_labels_match_the_formulas_and_are_cached(tiny_dm: ImageDataModule, tmp_path) -> None:
+    spec = PseudoLabelSpec(k=2, seed=1)
+    result = dataset_pseudo_labels(tiny_dm, spec, "cpu", progress=False)
+    records = tiny_dm.records(role="train")
+    assert set(result.labels) == {r.image_id for r in records}
+    assert result.path.parent.name == "crl_uiqa" and result.path.is_file()
+    # the same numbers from the pure functions: embeddings -> per-plane k-NN, Yeo-Johnson, min-max
+    model, _ = build_embedding_model(spec, 1)
+    std_records = tiny_dm.records(role="standard")
+    loader = lambda recs: [  # noqa: E731
+        {
+            "image": torch.stack(
+                [ImageDataset(recs, tiny_dm.classes, 1, tiny_dm.hw)[i]["image"] for i in range(len(recs))]
+            ),
+            "image_id": [r.image_id for r in recs],
+        }
+    ]
+    train = [r for r in records if r.split == "train"]
+    emb, _ = embed_images(model, loader(train), "cpu", "t", False)
+    std, _ = embed_images(model, loader(std_records), "cpu", "t", False)
+    made = make_pseudo_labels(
+        emb, std, 2, True, groups=[r.plane for r in train], standard_groups=[r.plane for r in std_records]
+    )
+    got = np.array([result.labels[r.image_id] for r in train])
+    np.testing.assert_allclose(got, made.labels, atol=1e-6)
+    for plane in {r.plane for r in train}:
+        sel = np.array([r.plane == plane for r in train])
+        assert got[sel].min() == pytest.approx(0.0, abs=1e-12) and got[sel].max() == pytest.approx(1.0)
+    # other splits: the training split's λ, min and max applied to their raw scores
+    others = [r for r in records if r.split != "train"]
+    raw = np.array([result.raw_scores[r.image_id] for r in others])
+    want = apply_pseudo_label_params(raw, result.params, [r.plane for r in others])
+    np.testing.assert_allclose([result.labels[r.image_id] for r in others], want, atol=1e-9)
+    assert result.train_ids == [r.image_id for r in train]
+    # second call: read back, file untouched; another k: another file
+    mtime = result.path.stat().st_mtime_ns
+    again = dataset_pseudo_labels(tiny_dm, spec, "cpu", progress=False)
+    assert again.labels == result.labels and result.path.stat().st_mtime_ns == mtime
+    other = dataset_pseudo_labels(tiny_dm, PseudoLabelSpec(k=1, seed=1), "cpu", progress=False)
+    assert other.path != result.path
+    # an explicit file made with other parameters is refused, naming the difference
+    with pytest.raises(ValueError, match=r"spec\.k: file has 2, expected 1"):
+        dataset_pseudo_labels(tiny_dm, PseudoLabelSpec(k=1, seed=1), "cpu", path=result.path, progress=False)
+
+
+def test_pseudo_label_command(tiny_dataset, tmp_path) -> None:
+    out = tmp_path / "labels.json"
+    pseudo_label_command(
+        ["--root", str(tiny_dataset), "--image-size", "32", "--k", "2", "--no-smoothing", "--out", str(out)]
+    )
+    ids, labels, params = load_pseudo_labels(out)
+    assert params["smoothing"] is False and params["spec"]["k"] == 2 and params["image_size"] == [32, 32]
+    doc = json.loads(out.read_text())
+    assert len(ids) == len(doc["raw_scores"]) and np.all(np.isfinite(labels))
+
+
+# --------------------------------------------------------------------------------------------- ranking
+
+
+def brightness(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(1, 2, 3))
+
+
+def test_rank_frames_best_first_with_stable_ties() -> None:
+    levels = [0.1, 0.5, -0.2, 0.5, 0.0]
+    frames = torch.stack([torch.full((1, 8, 8), v) for v in levels])
+    ranking = rank_frames(brightness, frames, names=[f"f{i}" for i in range(5)], batch_size=2)
+    assert ranking.order == [1, 3, 0, 4, 2]
+    assert ranking.best_index == 1 and ranking.best_name == "f1" and ranking.best_score == pytest.approx(0.5)
+    assert [r["rank"] for r in ranking.rows()] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="no frames"):
+        rank_frames(brightness, frames[:0])
+
+
+def test_rank_images_and_clip(tmp_path, tiny_dataset) -> None:
+    paths = []
+    for i, grey in enumerate((40, 200, 120)):
+        p = tmp_path / f"im{i}.png"
+        cv2.imwrite(str(p), np.full((20, 30), grey, np.uint8))
+        paths.append(p)
+    ranking = rank_images(brightness, paths, image_size=16)
+    assert ranking.best_name == str(paths[1]) and ranking.order == [1, 2, 0]
+    video = tiny_dataset / "videos" / "scan_000.avi"
+    clip = rank_clip(brightness, video, 10, 40, image_size=32, step=3)
+    with VideoReader(video) as reader:
+        frames = reader.read(list(range(10, 40, 3)), size=(32, 32))
+    assert clip.names == [str(i) for i in range(10, 40, 3)]
+    assert clip.best_name == str(10 + 3 * int(np.argmax(frames.reshape(len(frames), -1).mean(axis=1))))
+    with pytest.raises(ValueError, match="step"):
+        rank_clip(brightness, video, 0, 5, image_size=32, step=0)
+
+
+# --------------------------------------------------------------------------------------------- Fig. 2 panel
+
+
+def test_view_panel_scores_each_view() -> None:
+    from callbacks.crl_views import plot_view_panel, view_panel
+
+    def sharpness(x: torch.Tensor) -> torch.Tensor:
+        return (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+
+    x = textures(2, size=32, seed=4)
+    views, scores, titles = view_panel(x, sharpness, eps_levels=(0.05, 0.1, 0.2), n_weak=2)
+    assert titles == ["source", "weak 1", "weak 2", "gaussian ε=0.05", "gaussian ε=0.1", "gaussian ε=0.2"]
+    assert len(views) == 2 and all(len(row) == 6 and row[0].shape == (1, 32, 32) for row in views)
+    torch.testing.assert_close(torch.tensor([row[0] for row in scores]), sharpness(x))
+    for row in scores:  # stronger blur, lower sharpness
+        assert row[0] > row[3] > row[4] > row[5]
+    fig = plot_view_panel(views, scores, titles, "t")
+    assert len(fig.axes) == 12
