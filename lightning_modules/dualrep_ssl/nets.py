@@ -11,6 +11,12 @@ Encoders (section 2.1 and 3 of the paper):
 * :class:`AudioEncoder`: PANNs CNN14 without the AudioSet head, 2048-d.
 
 No weights are downloaded: each encoder takes an optional local ``weights_path``.
+
+The video encoder's 3-D convolutions are :class:`LowPrecisionSafeConv3d`: on the CPU, oneDNN's bf16 / fp16
+Conv3d computes a wrong weight gradient (NaN or ~1e30) when an input dimension is smaller than the
+kernel and padded, e.g. R(2+1)D's 3-tap temporal convolutions over the 2 frames left in ``layer3`` /
+``layer4`` (torch 2.14 CPU; 8 or 14 input frames both reach it), and crashes outright on 1-pixel inputs
+of strided kernels. Those (tiny) convolutions run in float32 instead; everything else keeps bf16.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ __all__ = [
     "DualRepNet",
     "FusionHead",
     "ImageEncoder",
+    "LowPrecisionSafeConv3d",
     "Projection",
     "VideoEncoder",
+    "make_conv3d_low_precision_safe",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,6 +60,48 @@ def _to_rgb01_normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     elif x.shape[1] != 3:
         raise ValueError(f"expected 1 (grey) or 3 channels on dim 1, got shape {tuple(x.shape)}")
     return ((x + 1.0) * 0.5 - mean) / std
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _cpu_low_precision(x: torch.Tensor) -> torch.dtype | None:
+    """The low-precision dtype a CPU convolution of ``x`` would run in (autocast or bf16 weights), else None."""
+    if x.device.type != "cpu":
+        return None
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _LOW_PRECISION:
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype if x.dtype in _LOW_PRECISION else None
+
+
+class LowPrecisionSafeConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that computes in float32 where oneDNN's CPU bf16/fp16 kernels are wrong.
+
+    That is when some input dimension (T, H or W) is smaller than the kernel and padded (see the module
+    docstring); the output is cast back to the low-precision dtype. Same parameters and state-dict keys
+    as ``nn.Conv3d``; on GPUs and in float32 it is ``nn.Conv3d``.
+    """
+
+    def _unsafe(self, x: torch.Tensor) -> bool:
+        padding = (1, 1, 1) if isinstance(self.padding, str) else self.padding
+        return any(n < k and p > 0 for n, k, p in zip(x.shape[2:], self.kernel_size, padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _cpu_low_precision(x)
+        if dtype is None or not self._unsafe(x):
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        with torch.autocast("cpu", enabled=False):
+            out = self._conv_forward(x.float(), self.weight.float(), bias)
+        return out.to(dtype)
+
+
+def make_conv3d_low_precision_safe(module: nn.Module) -> nn.Module:
+    """Turn every plain ``nn.Conv3d`` inside ``module`` into :class:`LowPrecisionSafeConv3d` (in place)."""
+    for m in module.modules():
+        if type(m) is nn.Conv3d:
+            m.__class__ = LowPrecisionSafeConv3d
+    return module
 
 
 class ImageEncoder(nn.Module):
@@ -78,6 +128,19 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"ImageEncoder expects B×C×H×W, got shape {tuple(image.shape)}")
         return self.backbone(_to_rgb01_normalised(image, self.mean, self.std))
 
+    def feature_maps(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of ``layer1`` … ``layer4`` (64/128/256/512 channels at strides 4/8/16/32), for dense heads."""
+        if image.dim() != 4:
+            raise ValueError(f"ImageEncoder expects B×C×H×W, got shape {tuple(image.shape)}")
+        bb = self.backbone
+        x = _to_rgb01_normalised(image, self.mean, self.std)
+        x = bb.maxpool(bb.relu(bb.bn1(bb.conv1(x))))
+        maps = []
+        for layer in (bb.layer1, bb.layer2, bb.layer3, bb.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
+
 
 class VideoEncoder(nn.Module):
     """R(2+1)D-18 video encoder: ``B×C×T×H×W`` in ``[-1, 1]`` (C = 1 or 3) -> ``B×512``.
@@ -91,7 +154,7 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, weights_prefix: str | None = None):
         super().__init__()
-        self.backbone = r2plus1d_18(weights=None)
+        self.backbone = make_conv3d_low_precision_safe(r2plus1d_18(weights=None))
         self.backbone.fc = nn.Identity()
         self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False)
@@ -102,6 +165,19 @@ class VideoEncoder(nn.Module):
         if video.dim() != 5:
             raise ValueError(f"VideoEncoder expects B×C×T×H×W, got shape {tuple(video.shape)}")
         return self.backbone(_to_rgb01_normalised(video, self.mean, self.std))
+
+    def feature_maps(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of ``layer1`` … ``layer4`` (B×C×T'×H'×W'; 64/128/256/512 channels, spatial strides
+        2/4/8/16, temporal strides 1/2/4/8), for dense heads."""
+        if video.dim() != 5:
+            raise ValueError(f"VideoEncoder expects B×C×T×H×W, got shape {tuple(video.shape)}")
+        bb = self.backbone
+        x = bb.stem(_to_rgb01_normalised(video, self.mean, self.std))
+        maps = []
+        for layer in (bb.layer1, bb.layer2, bb.layer3, bb.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
 
 
 class AudioEncoder(nn.Module):

@@ -1,0 +1,265 @@
+"""DualRepSSL through the `lightning` CLI: pretrain -> fine-tune chains (plane detection and saliency)
+loading the checkpoint just produced, validate/test/predict, every overlay, DDP, bf16; and (slow)
+learnability on the demo dataset."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+def _tiny(root: Path) -> list[str]:
+    """The tiny dataset at 32×32 in batches of 4."""
+    return [
+        f"--data.init_args.root={root}",
+        "--data.init_args.synthetic=null",
+        "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0",
+    ]
+
+
+def _tiny_pretrain(root: Path) -> list[str]:
+    """Pretraining windows: 4 frames over ~0.5 s with 1 s of speech, one window every 4 s."""
+    return [
+        *_tiny(root),
+        "--data.init_args.num_frames=4",
+        "--data.init_args.frame_interval=4",
+        "--data.init_args.audio_seconds=1.0",
+        "--data.init_args.window_stride=120",
+    ]
+
+
+def _tiny_clips(root: Path) -> list[str]:
+    """Labelled clips: 4 frames at a 4-frame interval."""
+    return [*_tiny(root), "--data.init_args.num_frames=4", "--data.init_args.frame_interval=4"]
+
+
+def _finite(metrics, *names: str) -> None:
+    for name in names:
+        assert name in metrics, f"{name} not logged; logged: {sorted(metrics)}"
+        assert math.isfinite(float(metrics[name])), name
+
+
+def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, tmp_path):
+    """The user's chain: pretrain (writes checkpoints/dualrep/last.ckpt), then both fine-tuning configs,
+    whose default `pretrained` is that file; the encoders they build hold its weights."""
+    pre = ["--config", configs_dir / "dualrep.yaml", *_tiny_pretrain(tiny_dataset)]
+    cli = run_cli(
+        [
+            "fit",
+            *pre,
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1",
+        ]
+    )
+    _finite(
+        cli.trainer.callback_metrics, "train/loss", "val/loss", "val/va_R@1", "val/vi_R@5", "val/batch_va_R@1"
+    )
+    ckpt = tmp_path / "checkpoints" / "dualrep" / "last.ckpt"
+    assert ckpt.is_file()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+    # validate / test / predict of the pretraining config
+    cli = run_cli(["validate", *pre, "--trainer.fast_dev_run=1"])
+    _finite(cli.trainer.callback_metrics, "val/loss", "val/vi_R@1")
+    cli = run_cli(["test", *pre, "--trainer.fast_dev_run=1"])
+    _finite(cli.trainer.callback_metrics, "test/loss", "test/mmcl", "test/mmsl", "test/va_R@5")
+    run_cli(["predict", *pre, "--trainer.fast_dev_run=1", f"--ckpt_path={ckpt}"])
+    (emb_path,) = tmp_path.glob("**/embeddings.npz")
+    with np.load(emb_path) as emb:
+        assert emb["clip_id"].shape == (4,) and all("@" in c for c in emb["clip_id"])
+        assert (
+            emb["h_a"].shape == (4, 2048) and emb["F_v"].shape == (4, 512) and emb["mu_i"].shape == (4, 512)
+        )
+
+    # fine-tune: plane detection (default pretrained = checkpoints/dualrep/last.ckpt of this folder)
+    plane = ["--config", configs_dir / "finetune_plane.yaml", *_tiny_clips(tiny_dataset)]
+    cli = run_cli(["fit", *plane, "--trainer.fast_dev_run=1"])
+    assert cli.model.initialisation == "ssl"
+    assert cli.model.classes == [
+        "abdomen",
+        "background",
+        "four_chamber",
+        "transcerebellar",
+        "transventricular",
+    ]
+    _finite(cli.trainer.callback_metrics, "train/loss", "val/f1", "val/precision", "val/recall")
+    assert "val/f1/four_chamber" in cli.trainer.callback_metrics
+    # Adam's first step moves each weight by at most lr (1e-4): far less than random init differs by
+    torch.testing.assert_close(
+        cli.model.encoder.backbone.conv1.weight,
+        saved["net.image_encoder.backbone.conv1.weight"],
+        atol=2e-4,
+        rtol=0,
+    )
+
+    # fine-tune: saliency, pretrained path given explicitly
+    sal = [
+        "--config",
+        configs_dir / "finetune_saliency.yaml",
+        *_tiny(tiny_dataset),
+        "--data.init_args.target_stride=16",
+    ]
+    cli = run_cli(["fit", *sal, f"--model.init_args.pretrained={ckpt}", "--trainer.fast_dev_run=1"])
+    assert cli.model.initialisation == "ssl"
+    _finite(cli.trainer.callback_metrics, "train/loss", "val/kld", "val/sim", "val/cc", "val/nss")
+    torch.testing.assert_close(
+        cli.model.encoder.backbone.layer3[0].conv2.weight,
+        saved["net.image_encoder.backbone.layer3.0.conv2.weight"],
+        atol=2e-4,
+        rtol=0,
+    )
+
+
+def test_finetune_test_and_predict_from_a_finetuned_checkpoint(run_cli, tiny_dataset, configs_dir, tmp_path):
+    """random init (no pretraining needed): fit 1 epoch, then test and predict from its checkpoint."""
+    plane = [
+        "--config",
+        configs_dir / "finetune_plane.yaml",
+        "--config",
+        configs_dir / "finetune_plane/random_init.yaml",
+        *_tiny_clips(tiny_dataset),
+    ]
+    cli = run_cli(["fit", *plane, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"])
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    assert cli.model.initialisation == "random" and Path(ckpt).is_file()
+    cli = run_cli(["test", *plane, f"--ckpt_path={ckpt}"])
+    metrics = cli.trainer.callback_metrics
+    _finite(metrics, "test/f1", "test/precision", "test/recall", "test/accuracy", "test/f1/transventricular")
+    assert 0.0 <= float(metrics["test/f1"]) <= 1.0
+    run_cli(["predict", *plane, f"--ckpt_path={ckpt}"])
+    (out,) = tmp_path.glob("**/predictions.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6  # every test clip of the 5 kept classes (the approach clip is filtered out)
+    classes = {"abdomen", "background", "four_chamber", "transcerebellar", "transventricular"}
+    assert all(r["prediction"] in classes and r["label"] in classes for r in rows)
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in classes) - 1) < 1e-3 for r in rows)
+
+
+def test_saliency_validate_test_predict(run_cli, tiny_dataset, configs_dir, tmp_path):
+    sal = [
+        "--config",
+        configs_dir / "finetune_saliency.yaml",
+        "--config",
+        configs_dir / "finetune_saliency/random_init.yaml",
+        *_tiny(tiny_dataset),
+        "--data.init_args.target_stride=16",
+    ]
+    cli = run_cli(["validate", *sal, "--trainer.fast_dev_run=1"])
+    _finite(cli.trainer.callback_metrics, "val/kld", "val/nss")
+    cli = run_cli(["test", *sal, "--trainer.fast_dev_run=1"])
+    _finite(cli.trainer.callback_metrics, "test/kld", "test/sim", "test/cc", "test/nss")
+    run_cli(["predict", *sal, "--trainer.fast_dev_run=1"])
+    (out,) = tmp_path.glob("**/predictions.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and {"clip_id", "kld", "sim", "cc", "nss", "peak_x", "peak_y"} <= set(rows[0])
+    assert all(0 <= float(r["peak_x"]) <= 1 and "@" in r["clip_id"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "overlays",
+    [["demo"], ["clips_2s", "mmcl_only"], ["clips_6s", "mmsl_only", "no_image"]],
+    ids=lambda o: "+".join(o),
+)
+def test_fit_every_pretraining_overlay(run_cli, tiny_dataset, configs_dir, overlays):
+    """Every overlay in a fit (stacked to keep the suite short), clip lengths as the overlays set them.
+    The demo run is the bf16-mixed one: two steps, and every weight still finite afterwards (the CPU bf16
+    Conv3d weight-gradient bug that LowPrecisionSafeConv3d works around puts NaN into the video encoder)."""
+    configs = [a for o in overlays for a in ("--config", configs_dir / "dualrep" / f"{o}.yaml")]
+    bf16 = ["--trainer.precision=bf16-mixed", "--trainer.fast_dev_run=2"] if "demo" in overlays else []
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            configs_dir / "dualrep.yaml",
+            *configs,
+            *_tiny(tiny_dataset),
+            "--data.init_args.window_stride=300",
+            "--trainer.fast_dev_run=1",
+            *bf16,
+        ]
+    )
+    hp = cli.model.hparams
+    expected = ("mmsl_only" not in overlays, "mmcl_only" not in overlays, "no_image" not in overlays)
+    assert (hp.use_mmcl, hp.use_mmsl, hp.use_image) == expected
+    metrics = cli.trainer.callback_metrics
+    _finite(metrics, "train/loss", "val/loss", "val/va_R@1")
+    assert ("val/vi_R@1" in metrics) == hp.use_image
+    assert ("val/mmcl" in metrics, "val/mmsl" in metrics) == (hp.use_mmcl, hp.use_mmsl)
+    if bf16:
+        assert cli.trainer.precision == "bf16-mixed" and cli.trainer.global_step == 2
+        assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+@pytest.mark.parametrize("task", ["finetune_plane", "finetune_saliency"])
+def test_fit_every_finetune_overlay(run_cli, tiny_dataset, configs_dir, tmp_path, task):
+    """demo + random_init, then video + weights_file (a torchvision-layout R(2+1)D-18 file made here)."""
+    from torchvision.models.video import r2plus1d_18
+
+    data = (
+        _tiny_clips(tiny_dataset)
+        if task == "finetune_plane"
+        else [*_tiny(tiny_dataset), "--data.init_args.target_stride=16"]
+    )
+    base = ["--config", configs_dir / f"{task}.yaml"]
+    cli = run_cli(
+        [
+            "fit",
+            *base,
+            "--config",
+            configs_dir / task / "demo.yaml",
+            "--config",
+            configs_dir / task / "random_init.yaml",
+            *data,
+            "--trainer.fast_dev_run=1",
+        ]
+    )
+    assert cli.model.initialisation == "random" and cli.trainer.precision == "bf16-mixed"
+
+    torch.manual_seed(0)
+    weights = r2plus1d_18(weights=None)
+    torch.save(weights.state_dict(), tmp_path / "r2plus1d.pth")
+    video = ["--data.init_args.num_before=1"] if task == "finetune_saliency" else []
+    cli = run_cli(
+        [
+            "fit",
+            *base,
+            "--config",
+            configs_dir / task / "video.yaml",
+            "--config",
+            configs_dir / task / "weights_file.yaml",
+            *data,
+            *video,
+            f"--model.init_args.weights_file={tmp_path / 'r2plus1d.pth'}",
+            "--trainer.fast_dev_run=1",
+        ]
+    )
+    assert cli.model.initialisation == "weights_file" and cli.model.hparams.input == "video"
+    torch.testing.assert_close(
+        cli.model.encoder.backbone.stem[0].weight, weights.stem[0].weight, atol=2e-4, rtol=0
+    )
+
+
+@pytest.mark.ddp
+def test_ddp_two_cpu_processes(run_cli_subprocess, tiny_dataset, configs_dir):
+    """Pretraining with negatives gathered over 2 gloo ranks (global batch 4 = 2 per rank)."""
+    proc = run_cli_subprocess(
+        [
+            "fit",
+            "--config",
+            configs_dir / "dualrep.yaml",
+            *_tiny_pretrain(tiny_dataset),
+            "--trainer.fast_dev_run=2",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.accelerator=cpu",
+        ]
+    )
+    assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
