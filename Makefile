@@ -25,7 +25,7 @@ install: $(VENV)/.installed ## create .venv if missing and install sonolab + dev
 
 demo: install ## VideoQualityGAN demo: demo data, zoom-in pretraining, short training + test, metrics (< 15 min on 2 CPUs)
 	@test -f data/synthetic-demo/synthetic.json || $(BIN)/python -m datamodules.synthetic --out data/synthetic-demo --preset demo --seed 0
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m lightning_modules.vqa_gan.demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lightning_modules.vqa_gan.demo
 
 test: install ## the test suite CI runs (W&B disabled, slow tests left out)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)

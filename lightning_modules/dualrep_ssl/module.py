@@ -5,6 +5,8 @@ holds the steps, the optimiser and the logging:
 
 * loss ``L_final = L_a + L_i + L_MMSL(v, a) + L_MMSL(v, i)`` (Eq. 13), with the MMCL or MMSL half (or the
   image stream) left out by the ablation switches;
+* in training, the clip and its frame get independent random views (:mod:`.augment`, ``augment: true``;
+  not in the paper);
 * under DDP the negatives span every rank: the MMCL keys are all-gathered with gradients and each rank
   scores its own video queries against them (``positive_offset``); MMSL's hardest negatives need rows and
   columns of the similarity matrix, so every rank computes the whole-batch MMSL loss on gathered queries

@@ -35,7 +35,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_modules.common.experiments import Row, format_table, overrides_from, run_row, table_arguments
 
-__all__ = ["COLUMNS", "PRETRAINING", "ROWS", "TableRow", "latest_checkpoint", "main", "pretrain"]
+__all__ = [
+    "COLUMNS",
+    "PRETRAINING",
+    "ROWS",
+    "TableRow",
+    "config_path",
+    "latest_checkpoint",
+    "main",
+    "pretrain",
+]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -86,7 +95,7 @@ ROWS: list[TableRow] = [
 ]
 
 
-def _config(*parts: str) -> str:
+def config_path(*parts: str) -> str:
     return str(CONFIGS.joinpath(*parts[:-1], f"{parts[-1]}.yaml"))
 
 
@@ -121,8 +130,8 @@ def pretrain(variant: str, demo: bool, args: Sequence[str], out: Path) -> Path:
     overlays = PRETRAINING[variant]
     if demo:  # the demo fixes the clip length: keep the ablation switches only
         overlays = [o for o in overlays if not o.startswith("clips_")]
-    configs = [_config("dualrep")] + ([_config("dualrep", "demo")] if demo else [])
-    configs += [_config("dualrep", o) for o in overlays]
+    configs = [config_path("dualrep")] + ([config_path("dualrep", "demo")] if demo else [])
+    configs += [config_path("dualrep", o) for o in overlays]
     print(f"\n=== pretraining {variant}: {' + '.join(configs)} {' '.join(args)}", flush=True)
     cli = cli_main(["fit", *[a for c in configs for a in ("--config", c)], *args])
     last = latest_checkpoint(cli.trainer)
@@ -142,8 +151,8 @@ def finetune_row(
 ) -> Row:
     """The fine-tuning run of ``row`` as a config stack for ``experiments.run_row``."""
     task = TASK[row.table]
-    configs = [_config(task)] + ([_config(task, "demo")] if demo else [])
-    configs += [_config(task, o) for o in row.overlays]
+    configs = [config_path(task)] + ([config_path(task, "demo")] if demo else [])
+    configs += [config_path(task, o) for o in row.overlays]
     extra = list(args)
     if checkpoint is not None:
         extra.append(f"--model.init_args.pretrained={checkpoint}")

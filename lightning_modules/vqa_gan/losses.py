@@ -15,7 +15,8 @@ with ``z ~ N(0, I)``; discriminators ``0.5·(lsgan_loss(real, True) + lsgan_loss
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -62,25 +63,70 @@ def _frames(x: Tensor) -> Tensor:
     raise ValueError(f"expected B×C×T×H×W clips or B×C×H×W images, got {tuple(x.shape)}")
 
 
+def _torchmetrics_ssim(fx: Tensor, fy: Tensor) -> Tensor:
+    return structural_similarity_index_measure(
+        fx,
+        fy,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL_SIZE,
+        data_range=SSIM_DATA_RANGE,
+        reduction="none",
+    )
+
+
+@contextmanager
+def _without_onednn() -> Iterator[None]:
+    """Switch oneDNN convolutions off (only that flag: no TF32/precision side effects), restore after."""
+    enabled = torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(_enabled=enabled, _fp32_precision=None)
+
+
+class _CPUSSIM(torch.autograd.Function):
+    """torchmetrics' SSIM with oneDNN switched off in the forward *and* the backward pass.
+
+    The SSIM filters are single-channel 11×11 convolutions over (B·T·5) maps; on CPUs oneDNN's
+    backward for that shape is ~4× slower than PyTorch's native kernel (0.7 s of a 1.2 s demo training
+    step). The backward recomputes the forward under the same flag (cheap) and differentiates it, so
+    values and gradients are torchmetrics' own.
+    """
+
+    @staticmethod
+    def forward(ctx, fx: Tensor, fy: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(fx, fy)
+        with torch.no_grad(), _without_onednn():
+            return _torchmetrics_ssim(fx, fy)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        fx, fy = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:2]
+        with torch.enable_grad(), _without_onednn():
+            gx, gy = fx.detach().requires_grad_(needs[0]), fy.detach().requires_grad_(needs[1])
+            out = _torchmetrics_ssim(gx, gy)
+            inputs = [t for t, n in zip((gx, gy), needs) if n]
+            grads = iter(torch.autograd.grad(out, inputs, grad))
+        return tuple(next(grads) if n else None for n in needs)  # type: ignore[return-value]
+
+
 def ssim_per_frame(x: Tensor, y: Tensor) -> Tensor:
     """2-D SSIM of every frame (Gaussian window 11, σ 1.5, data range 2), computed in float32 by
     torchmetrics. ``B×C×T×H×W`` → ``B×T``; ``B×C×H×W`` → ``B``. Frames must be at least 6×6 (the
-    window is reflection-padded by 5 pixels)."""
+    window is reflection-padded by 5 pixels). On the CPU the filters run without oneDNN (see
+    ``_CPUSSIM``: same values and gradients, 3-4× faster backward)."""
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
     if min(x.shape[-2:]) < 6:
         raise ValueError(f"SSIM needs frames of at least 6×6, got {tuple(x.shape[-2:])}")
     fx, fy = _frames(x).float(), _frames(y).float()
     with torch.autocast(device_type=fx.device.type, enabled=False):
-        s = structural_similarity_index_measure(
-            fx,
-            fy,
-            gaussian_kernel=True,
-            sigma=SSIM_SIGMA,
-            kernel_size=SSIM_KERNEL_SIZE,
-            data_range=SSIM_DATA_RANGE,
-            reduction="none",
-        )
+        if fx.device.type == "cpu":
+            s = _CPUSSIM.apply(fx, fy)
+        else:
+            s = _torchmetrics_ssim(fx, fy)
     return s.reshape(x.shape[0], x.shape[2]) if x.dim() == 5 else s
 
 

@@ -263,3 +263,73 @@ def test_ddp_two_cpu_processes(run_cli_subprocess, tiny_dataset, configs_dir):
         ]
     )
     assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# learnability (slow): the demo recipe of lightning_modules/dualrep_ssl/README.md
+# ---------------------------------------------------------------------------------------------------------
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "synthetic-demo"
+SEEDS = (0, 1, 2, 3, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
+def test_learnability_on_the_demo_dataset(tmp_path, monkeypatch):
+    """Pretrain with configs/dualrep/demo.yaml (4 epochs), then fine-tune plane detection on 25 % of the
+    labels from the pretrained image encoder and from random weights, 5 seeds each (configs/finetune_plane/
+    demo.yaml). Video-image retrieval must end well above chance, and the mean macro F1 of the pretrained
+    encoder must beat random initialisation. Prints the figures (about 40 min on 2 shared CPU cores)."""
+    import json
+
+    from lightning_modules.cli import main as cli_main
+    from lightning_modules.dualrep_ssl import tables
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data.init_args.root={DEMO}", "--data.init_args.synthetic=demo"]
+    configs = ["--config", tables.config_path("dualrep"), "--config", tables.config_path("dualrep", "demo")]
+    cli = cli_main(["fit", *configs, *data])
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    batch = cli.datamodule.per_device_batch_size()
+    n_val = len(cli.datamodule.datasets["val"])
+    print(
+        f"\npretraining, final epoch (in-batch chance R@1 {1 / batch:.3f}, R@5 {5 / batch:.3f}; "
+        f"whole-split chance R@1 {1 / n_val:.4f}, R@5 {5 / n_val:.4f}):"
+    )
+    for key in sorted(k for k in metrics if "R@" in k):
+        print(f"  {key}: {metrics[key]:.4f}")
+    assert metrics["train/batch_vi_R@1_epoch"] >= 2 / batch
+    assert metrics["train/batch_vi_R@5_epoch"] >= 5 / batch + 0.15
+    assert metrics["val/batch_vi_R@5"] >= 5 / batch + 0.05
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    (pretrained / "medium.ckpt").symlink_to(tables.latest_checkpoint(cli.trainer))
+
+    f1: dict[str, list[float]] = {"Rand. Init.": [], "Ours": []}
+    for seed in SEEDS:
+        out = tmp_path / f"plane_seed{seed}"
+        tables.main(
+            [
+                "--demo",
+                "--tables",
+                "plane",
+                "--rows",
+                "Rand. Init.",
+                "Ours",
+                "--pretrained-dir",
+                str(pretrained),
+                "--out",
+                str(out),
+                "--",
+                *data,
+                f"--seed_everything={seed}",
+                f"--data.init_args.subset_seed={seed}",
+            ]
+        )
+        results = json.loads((out / "results.json").read_text())["plane"]
+        for name in f1:
+            f1[name].append(results[name]["test/f1"])
+    mean = {name: sum(v) / len(v) for name, v in f1.items()}
+    print("plane detection test macro F1 per seed:", {k: [round(x, 3) for x in v] for k, v in f1.items()})
+    print("mean:", {k: round(v, 3) for k, v in mean.items()})
+    assert mean["Ours"] > mean["Rand. Init."]

@@ -59,6 +59,7 @@ def vqa_args(configs_dir: Path, root: Path, zoom: Path, *overlays: str) -> list[
         "--data.init_args.num_frames=4",
         "--model.init_args.num_frames=4",
         f"--model.init_args.zoom_checkpoint={zoom}",
+        "--trainer.check_val_every_n_epoch=1",  # the demo validates every other epoch; these runs have one
     ]
 
 

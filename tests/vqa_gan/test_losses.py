@@ -300,3 +300,23 @@ def test_pool_stores_detached_copies():
     assert not pool.items.requires_grad
     x.data.fill_(5)
     assert torch.equal(pool.items, torch.full((2, 3), 2.0))
+
+
+def test_ssim_values_and_gradients_are_torchmetrics_own():
+    """The CPU path (oneDNN off for speed) gives torchmetrics' SSIM and its autograd gradients."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    torch.manual_seed(0)
+    x = (torch.rand(2, 1, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    y = (torch.rand(2, 1, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    weights = torch.rand(2, 3)
+    (ssim_per_frame(x, y) * weights).sum().backward()
+    x2, y2 = x.detach().clone().requires_grad_(True), y.detach().clone().requires_grad_(True)
+    fx, fy = (t.transpose(1, 2).reshape(6, 1, 16, 16) for t in (x2, y2))
+    ref = structural_similarity_index_measure(
+        fx, fy, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=2.0, reduction="none"
+    ).reshape(2, 3)
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(ssim_per_frame(x, y).detach(), ref.detach())
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(y.grad, y2.grad)
