@@ -48,8 +48,8 @@ data: install ## generate the synthetic dataset (PRESET=demo|tiny, DATA=folder, 
 	$(BIN)/python -m datamodules.synthetic --out $(DATA) --preset $(PRESET) --seed $(SEED)
 	$(BIN)/python -m datamodules.validate $(DATA) --require scans,clips,images,pairs,boxes
 
-bench: install ## data-loading and train-step throughput (writes benchmarks/results/)
-	$(BIN)/python -m benchmarks.run
+bench: install ## data-loading throughput; BENCH_ARGS=--models adds every model's train steps (writes benchmarks/results/)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean: ## remove caches and build leftovers (never data/, runs/ or checkpoints)
 	rm -rf .cache/sonolab .pytest_cache .ruff_cache *.egg-info
