@@ -92,7 +92,7 @@ def configure_interpolation() -> None:
 
 
 def main(args: list[str] | None = None) -> SonolabCLI:
-    """Entry point of the `lightning` and `sonolab` console scripts."""
+    """Build and run the CLI; returns it (for tests and notebooks). The console scripts call :func:`run`."""
     default_wandb_mode()
     configure_interpolation()
     return SonolabCLI(
@@ -108,5 +108,11 @@ def main(args: list[str] | None = None) -> SonolabCLI:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point of the `lightning` and `sonolab` console scripts. Returns None: the script wrapper passes
+    the return value to ``sys.exit``, which would print a returned CLI object and exit with status 1."""
     main()
+
+
+if __name__ == "__main__":
+    run()

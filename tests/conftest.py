@@ -55,15 +55,20 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def run_cli_subprocess(tmp_path: Path):
-    """Run `python -m lightning_modules.cli ARGS` in a fresh process (needed for DDP: Lightning re-launches
-    the command once per device). Returns the CompletedProcess; raises with the output on failure."""
+    """Run the installed `lightning` console script, as a user does, in a fresh process (needed for DDP:
+    Lightning re-launches the command once per device). Returns the CompletedProcess; raises with the output
+    on a non-zero exit status."""
     import subprocess
     import sys
+
+    script = Path(sys.executable).with_name("lightning")
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} missing: run `make install` (it installs the console scripts)")
 
     def run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
         env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         proc = subprocess.run(
-            [sys.executable, "-m", "lightning_modules.cli", *map(str, args)],
+            [str(script), *map(str, args)],
             cwd=tmp_path,
             env=env,
             capture_output=True,

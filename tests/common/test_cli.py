@@ -59,6 +59,30 @@ def test_console_scripts_print_help(program: str) -> None:
     assert "--trainer.strategy" in out.stdout and "--data" in out.stdout
 
 
+def test_console_script_exits_zero_after_a_successful_fit(
+    run_cli_subprocess, tiny_dataset: Path, configs_dir: Path
+) -> None:
+    """`lightning fit` as a user runs it: status 0 (the script passes its entry's return value to sys.exit,
+    so a returned CLI object would be printed and turn success into status 1)."""
+    proc = run_cli_subprocess(
+        [
+            "fit",
+            "--config",
+            configs_dir / "crl_uiqa.yaml",
+            f"--data.init_args.root={tiny_dataset}",
+            "--data.init_args.synthetic=null",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+            "--model.init_args.k=2",
+            "--model.init_args.proj_dim=16",
+            "--trainer.fast_dev_run=1",
+        ]
+    )
+    assert proc.returncode == 0
+    assert "SonolabCLI object" not in proc.stderr
+
+
 def test_prediction_columns_become_rows(tmp_path: Path) -> None:
     rows = columns_to_rows({"clip_id": ["a", "b"], "score": torch.tensor([0.5, 1.5])})
     assert rows == [{"clip_id": "a", "score": 0.5}, {"clip_id": "b", "score": 1.5}]
