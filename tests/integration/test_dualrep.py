@@ -276,10 +276,10 @@ SEEDS = (0, 1, 2, 3, 4)
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
 def test_learnability_on_the_demo_dataset(tmp_path, monkeypatch):
-    """Pretrain with configs/dualrep/demo.yaml (4 epochs), then fine-tune plane detection on 25 % of the
+    """Pretrain with configs/dualrep/demo.yaml (8 epochs), then fine-tune plane detection on 25 % of the
     labels from the pretrained image encoder and from random weights, 5 seeds each (configs/finetune_plane/
     demo.yaml). Video-image retrieval must end well above chance, and the mean macro F1 of the pretrained
-    encoder must beat random initialisation. Prints the figures (about 40 min on 2 shared CPU cores)."""
+    encoder must beat random initialisation. Prints the figures (about 20 min on 2 idle CPU cores)."""
     import json
 
     from lightning_modules.cli import main as cli_main
