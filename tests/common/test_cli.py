@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_args import tiny_data
 
 from callbacks.predictions import columns_to_rows, dedupe_rows, write_csv_atomic
 from lightning_modules.cli import default_wandb_mode, has_wandb_key, run_directory
@@ -69,11 +70,7 @@ def test_console_script_exits_zero_after_a_successful_fit(
             "fit",
             "--config",
             configs_dir / "crl_uiqa.yaml",
-            f"--data.init_args.root={tiny_dataset}",
-            "--data.init_args.synthetic=null",
-            "--data.init_args.image_size=32",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.num_workers=0",
+            *tiny_data(tiny_dataset),
             "--model.init_args.k=2",
             "--model.init_args.proj_dim=16",
             "--trainer.fast_dev_run=1",

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+from cli_args import tiny_data
 
 OVERLAYS = [
     "spatial_only",
@@ -26,11 +27,7 @@ OVERLAYS = [
 def _tiny(root: Path) -> list[str]:
     """Tiny data and net: 32×32 frames, a 2-level U-Net of width 4, batches of 4."""
     return [
-        f"--data.init_args.root={root}",
-        "--data.init_args.synthetic=null",
-        "--data.init_args.image_size=32",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
+        *tiny_data(root),
         "--data.init_args.target_stride=16",
         "--model.init_args.base_channels=4",
         "--model.init_args.depth=2",

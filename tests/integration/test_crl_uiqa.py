@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_args import tiny_data
 
 from lightning_modules.common.experiments import run_table
 from lightning_modules.crl_uiqa import tables
@@ -18,16 +19,6 @@ from lightning_modules.crl_uiqa.ranking import main as ranking_main
 TABLE1 = ["pseudo_label_only", "smoothing", "smoothing_lc", "smoothing_lr", "all", "regression"]
 BASELINES = ["niqe", "brisque", "mssim"]
 TINY_TEST_IMAGES = 12  # 4 planes × 3 test images in the tiny preset
-
-
-def tiny(root: Path) -> list[str]:
-    return [
-        f"--data.init_args.root={root}",
-        "--data.init_args.synthetic=null",
-        "--data.init_args.image_size=32",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]
 
 
 def crl_fast() -> list[str]:
@@ -63,7 +54,7 @@ def fit_test_predict(run_cli, args: list[str], cwd: Path) -> dict[str, float]:
 
 
 def test_main_config_fit_validate_test_predict(run_cli, configs_dir, tiny_dataset, tmp_path) -> None:
-    args = [*configs(configs_dir, None), *tiny(tiny_dataset), *crl_fast()]
+    args = [*configs(configs_dir, None), *tiny_data(tiny_dataset), *crl_fast()]
     run_cli(["fit", *args, "--trainer.fast_dev_run=1"])
     cli = run_cli(["validate", *args, "--trainer.fast_dev_run=1"])
     assert {"val/pairwise_acc", "val/blur_monotonicity", "val/spearman_pseudo"} <= set(
@@ -87,21 +78,21 @@ def test_main_config_fit_validate_test_predict(run_cli, configs_dir, tiny_datase
 @pytest.mark.parametrize("overlay", TABLE1)
 def test_table1_variant(overlay, run_cli, configs_dir, tiny_dataset, tmp_path) -> None:
     metrics = fit_test_predict(
-        run_cli, [*configs(configs_dir, overlay), *tiny(tiny_dataset), *crl_fast()], tmp_path
+        run_cli, [*configs(configs_dir, overlay), *tiny_data(tiny_dataset), *crl_fast()], tmp_path
     )
     assert "test/pairwise_acc" in metrics and "test/pseudo_label_pairwise_acc" in metrics
 
 
 @pytest.mark.parametrize("overlay", BASELINES)
 def test_classical_baseline(overlay, run_cli, configs_dir, tiny_dataset, tmp_path) -> None:
-    args = [*configs(configs_dir, overlay), *tiny(tiny_dataset)]
+    args = [*configs(configs_dir, overlay), *tiny_data(tiny_dataset)]
     metrics = fit_test_predict(run_cli, args, tmp_path)
     assert 0.0 <= metrics["test/pairwise_acc"] <= 1.0
 
 
 def test_demo_overlay_bf16(run_cli, configs_dir, tiny_dataset, tmp_path) -> None:
     """The demo overlay trains under bf16-mixed autocast; scores stay float32 in [0, 1]."""
-    args = [*configs(configs_dir, "demo"), *tiny(tiny_dataset), *crl_fast()]
+    args = [*configs(configs_dir, "demo"), *tiny_data(tiny_dataset), *crl_fast()]
     cli = run_cli(["fit", *args, "--trainer.fast_dev_run=1"])
     assert cli.trainer.precision == "bf16-mixed"
     run_cli(["predict", *args, "--trainer.fast_dev_run=1"])
@@ -111,7 +102,7 @@ def test_demo_overlay_bf16(run_cli, configs_dir, tiny_dataset, tmp_path) -> None
 @pytest.mark.ddp
 def test_ddp_two_cpu_processes(run_cli_subprocess, configs_dir, tiny_dataset, tmp_path) -> None:
     """Rank 0 builds the pseudo-labels and broadcasts them; both ranks train; the checkpoint records them."""
-    args = [*configs(configs_dir, None), *tiny(tiny_dataset), *crl_fast()]
+    args = [*configs(configs_dir, None), *tiny_data(tiny_dataset), *crl_fast()]
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     run_cli_subprocess(
         [
@@ -135,7 +126,7 @@ def test_classifier_embedding_scorer_and_ranking(run_cli, configs_dir, tiny_data
     clf_args = [
         "--config",
         str(configs_dir / "plane_classifier.yaml"),
-        *tiny(tiny_dataset),
+        *tiny_data(tiny_dataset),
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
     ]
@@ -149,7 +140,7 @@ def test_classifier_embedding_scorer_and_ranking(run_cli, configs_dir, tiny_data
 
     crl_args = [
         *configs(configs_dir, None),
-        *tiny(tiny_dataset),
+        *tiny_data(tiny_dataset),
         *crl_fast(),
         f"--model.init_args.embedding={clf_ckpt}",  # the scorer starts from it too (init_from_embedding)
         "--trainer.max_epochs=1",
@@ -174,7 +165,7 @@ def test_table_runner(configs_dir, tiny_dataset, tmp_path, monkeypatch) -> None:
     table = run_table(
         [trained, chosen["MSSIM"]],
         tables.COLUMNS,
-        [*tiny(tiny_dataset), "--trainer.fast_dev_run=1"],
+        [*tiny_data(tiny_dataset), "--trainer.fast_dev_run=1"],
         out,
         no_fit=tables.UNTRAINED,
     )

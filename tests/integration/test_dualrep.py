@@ -11,23 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-
-def _tiny(root: Path) -> list[str]:
-    """The tiny dataset at 32×32 in batches of 4."""
-    return [
-        f"--data.init_args.root={root}",
-        "--data.init_args.synthetic=null",
-        "--data.init_args.image_size=32",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]
+from cli_args import tiny_data
 
 
 def _tiny_pretrain(root: Path) -> list[str]:
     """Pretraining windows: 4 frames over ~0.5 s with 1 s of speech, one window every 4 s."""
     return [
-        *_tiny(root),
+        *tiny_data(root),
         "--data.init_args.num_frames=4",
         "--data.init_args.frame_interval=4",
         "--data.init_args.audio_seconds=1.0",
@@ -37,7 +27,7 @@ def _tiny_pretrain(root: Path) -> list[str]:
 
 def _tiny_clips(root: Path) -> list[str]:
     """Labelled clips: 4 frames at a 4-frame interval."""
-    return [*_tiny(root), "--data.init_args.num_frames=4", "--data.init_args.frame_interval=4"]
+    return [*tiny_data(root), "--data.init_args.num_frames=4", "--data.init_args.frame_interval=4"]
 
 
 def _finite(metrics, *names: str) -> None:
@@ -104,7 +94,7 @@ def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, t
     sal = [
         "--config",
         configs_dir / "finetune_saliency.yaml",
-        *_tiny(tiny_dataset),
+        *tiny_data(tiny_dataset),
         "--data.init_args.target_stride=16",
     ]
     cli = run_cli(["fit", *sal, f"--model.init_args.pretrained={ckpt}", "--trainer.fast_dev_run=1"])
@@ -149,7 +139,7 @@ def test_saliency_validate_test_predict(run_cli, tiny_dataset, configs_dir, tmp_
         configs_dir / "finetune_saliency.yaml",
         "--config",
         configs_dir / "finetune_saliency/random_init.yaml",
-        *_tiny(tiny_dataset),
+        *tiny_data(tiny_dataset),
         "--data.init_args.target_stride=16",
     ]
     cli = run_cli(["validate", *sal, "--trainer.fast_dev_run=1"])
@@ -180,7 +170,7 @@ def test_fit_every_pretraining_overlay(run_cli, tiny_dataset, configs_dir, overl
             "--config",
             configs_dir / "dualrep.yaml",
             *configs,
-            *_tiny(tiny_dataset),
+            *tiny_data(tiny_dataset),
             "--data.init_args.window_stride=300",
             "--trainer.fast_dev_run=1",
             *bf16,
@@ -206,7 +196,7 @@ def test_fit_every_finetune_overlay(run_cli, tiny_dataset, configs_dir, tmp_path
     data = (
         _tiny_clips(tiny_dataset)
         if task == "finetune_plane"
-        else [*_tiny(tiny_dataset), "--data.init_args.target_stride=16"]
+        else [*tiny_data(tiny_dataset), "--data.init_args.target_stride=16"]
     )
     base = ["--config", configs_dir / f"{task}.yaml"]
     cli = run_cli(

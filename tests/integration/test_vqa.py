@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_args import tiny_data
 
 from callbacks.predictions import CSVPredictionWriter
 from lightning_modules.cli import main as _cli_main
@@ -40,22 +41,12 @@ OVERLAYS = [
 ]
 
 
-def tiny_data(root: Path) -> list[str]:
-    return [
-        f"--data.init_args.root={root}",
-        "--data.init_args.synthetic=null",
-        "--data.init_args.image_size=32",
-        "--data.init_args.batch_size=8",
-        "--data.init_args.num_workers=0",
-    ]
-
-
 def vqa_args(configs_dir: Path, root: Path, zoom: Path, *overlays: str) -> list[str]:
     configs = [configs_dir / "vqa.yaml", configs_dir / "vqa" / "demo.yaml"]
     configs += [configs_dir / "vqa" / f"{name}.yaml" for name in overlays]
     return [
         *[a for c in configs for a in ("--config", str(c))],
-        *tiny_data(root),
+        *tiny_data(root, batch_size=8),
         "--data.init_args.num_frames=4",
         "--model.init_args.num_frames=4",
         f"--model.init_args.zoom_checkpoint={zoom}",
@@ -83,7 +74,7 @@ def zoom_checkpoint(workdir: Path, tiny_dataset: Path, configs_dir: Path) -> Pat
             str(configs_dir / "zoom.yaml"),
             "--config",
             str(configs_dir / "zoom" / "demo.yaml"),
-            *tiny_data(tiny_dataset),
+            *tiny_data(tiny_dataset, batch_size=8),
             "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=2",
