@@ -8,7 +8,6 @@ overwriting the previous one; the sanity check is skipped) and logs it to W&B wh
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 
-from lightning_modules.cli import run_directory
+from callbacks.figures import save_figure
 from lightning_modules.crl_uiqa.views import blur, weak_view
 
 __all__ = ["QualityViewPanel", "plot_view_panel", "view_panel"]
@@ -156,10 +154,4 @@ class QualityViewPanel(Callback):
         fig = plot_view_panel(
             views, scores, titles, f"{type(pl_module).__name__} {stage} (epoch {trainer.current_epoch})"
         )
-        path = run_directory(trainer) / "figures" / f"{stage}_views.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        self.saved[stage] = path
-        if isinstance(trainer.logger, WandbLogger) and os.environ.get("WANDB_MODE", "").lower() != "disabled":
-            trainer.logger.log_image(key=f"{stage}/views", images=[str(path)], step=trainer.global_step)
+        self.saved[stage] = save_figure(trainer, fig, f"{stage}_views", key=f"{stage}/views")

@@ -8,7 +8,6 @@ Nothing is built unless the run logs to W&B (``WandbLogger`` and ``WANDB_MODE`` 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.figures import logs_to_wandb
 from lightning_modules.clstm_unet.stream import overlay_heatmap
 
 __all__ = ["SaliencyMapLogger", "saliency_grid"]
@@ -76,8 +76,7 @@ class SaliencyMapLogger(Callback):
 
     def _active(self, trainer: Trainer) -> bool:
         return (
-            isinstance(trainer.logger, WandbLogger)
-            and os.environ.get("WANDB_MODE", "").lower() != "disabled"
+            logs_to_wandb(trainer)
             and trainer.is_global_zero
             and not trainer.sanity_checking
             and trainer.current_epoch % self.every_n_epochs == 0

@@ -9,7 +9,6 @@ validation is skipped.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from torchmetrics.functional.classification import binary_roc
 
-from lightning_modules.cli import run_directory
+from callbacks.figures import save_figure
 
 __all__ = ["ROCPlot", "ScoreDistributionPlot", "group_names", "plot_roc", "plot_score_distribution"]
 
@@ -131,13 +129,7 @@ class _EvaluationFigure(Callback):
         when = f" (epoch {evaluation['epoch']})" if stage == "val" else ""
         title = f"{type(pl_module).__name__} {stage}{when}"
         fig = self.draw(evaluation, title)
-        path = run_directory(trainer) / "figures" / f"{stage}_{self.name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        self.saved[stage] = path
-        if isinstance(trainer.logger, WandbLogger) and os.environ.get("WANDB_MODE", "").lower() != "disabled":
-            trainer.logger.log_image(key=f"{stage}/{self.name}", images=[str(path)], step=trainer.global_step)
+        self.saved[stage] = save_figure(trainer, fig, f"{stage}_{self.name}", key=f"{stage}/{self.name}")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._emit(trainer, pl_module, "val")
