@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_modules.cli import run_directory
+from lightning_modules.common.runs import run_directory
 
 __all__ = ["EmbeddingWriter", "load_embeddings", "merge_columns"]
 

@@ -13,7 +13,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 
-from lightning_modules.cli import run_directory
+from lightning_modules.common.runs import run_directory
 
 __all__ = ["logs_to_wandb", "save_figure"]
 

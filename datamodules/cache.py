@@ -13,6 +13,12 @@ parameters and the item list. Layout of a complete cache directory::
 Builds are atomic: everything is written into ``cache_root/<key[:16]>.tmp-<pid>-<host>-<random>`` and
 ``os.replace``d to the final name at the end, so a killed build never leaves a directory that
 ``is_complete`` trusts; stale temporary directories of dead processes are removed by the next build.
+
+Builds also commit finished work in pieces: each item's frames (and flow) are flushed to disk before its
+id is appended to ``done.txt`` in the temporary directory. A build of the same key that finds the
+temporary directory of a dead (killed) or failed build takes it over (one atomic rename, so two resumers
+never share one) and computes only the items not listed there; an item written halfway is never listed,
+so it is computed again.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import shutil
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from datamodules.errors import DataError
 from datamodules.flow import FlowParams, farneback_flow
 from datamodules.readers import VideoReader
 
@@ -43,10 +50,14 @@ __all__ = ["CacheError", "CacheParams", "CacheView", "ClipCache", "ClipSpec", "d
 CACHE_VERSION = 1  # bump when the layout or the computation changes: old caches then miss
 _TMP_RE = re.compile(r"\.tmp-(\d+)-([A-Za-z0-9]*)-([0-9a-f]+)$")
 _STALE_FOREIGN_S = 24 * 3600  # temp dirs of other hosts are removed only when this old
+_JOURNAL = "done.txt"  # ids of the items whose data is on disk, one per line, appended after a flush
+_PROGRESS = "progress.json"  # {"key": ...}: which cache a temporary directory is building
+_ABANDONED = "ABANDONED"  # written when a build fails in a live process: its directory may be taken over
 
 
-class CacheError(RuntimeError):
-    """The cache is missing, incomplete or inconsistent."""
+class CacheError(DataError, RuntimeError):
+    """The cache is missing, incomplete, inconsistent or cannot be written (a :class:`DataError`; also a
+    ``RuntimeError`` as before)."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +157,21 @@ def _open_rw(path: Path) -> np.ndarray:
 
 
 def _run_task(
-    task: tuple[Path, Path, Path | None, CacheParams, list[tuple[ClipSpec, int]]], on_item=None
-) -> int:
-    """Compute one group of items of one video and write them into the memmaps; returns the item count.
-    ``on_item()`` is called after each item (progress in the serial build)."""
+    task: tuple[Path, Path, Path | None, CacheParams, list[tuple[ClipSpec, int]]],
+    on_item: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Compute one group of items of one video and write them into the memmaps; returns their ids once
+    their data is flushed to disk. ``on_item(item_id)`` is called after each item's data is flushed (the
+    serial build commits each item)."""
     video, frames_path, flow_path, params, items = task
     frames_mm = _open_rw(frames_path)
     flow_mm = _open_rw(flow_path) if flow_path is not None else None
+
+    def flush() -> None:
+        frames_mm.flush()
+        if flow_mm is not None:
+            flow_mm.flush()
+
     with VideoReader(video) as reader:
         for spec, offset in items:
             # looked up at call time so tests can patch it
@@ -162,11 +181,10 @@ def _run_task(
             if flow_mm is not None:
                 flow_mm[offset : offset + n] = flow
             if on_item is not None:
-                on_item()
-    frames_mm.flush()
-    if flow_mm is not None:
-        flow_mm.flush()
-    return len(items)
+                flush()
+                on_item(spec.item_id)
+    flush()
+    return [spec.item_id for spec, _ in items]
 
 
 def _worker_setup() -> None:
@@ -188,11 +206,28 @@ def _host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
 
 
-def remove_stale_tmp(cache_root: str | os.PathLike) -> list[Path]:
-    """Remove ``*.tmp-<pid>-<host>-*`` build directories whose process is dead; returns those removed.
+def _is_stale(d: Path, host: str) -> bool:
+    """No process works in this build directory any more: its build failed (``ABANDONED``), its process
+    on this host is dead, or (another host: its pid cannot be checked) it is older than a day."""
+    m = _TMP_RE.search(d.name)
+    if m is None or not d.is_dir():
+        return False
+    if (d / _ABANDONED).exists():
+        return True
+    pid, tag = int(m.group(1)), m.group(2)
+    if tag == host:
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        return time.time() - d.stat().st_mtime > _STALE_FOREIGN_S
+    except FileNotFoundError:
+        return False
 
-    A directory of this host is stale when its pid no longer exists; one of another host (a shared
-    file system) only when it is older than a day, since its pid cannot be checked from here.
+
+def remove_stale_tmp(cache_root: str | os.PathLike) -> list[Path]:
+    """Remove ``*.tmp-<pid>-<host>-*`` build directories no process works in; returns those removed.
+
+    A directory of this host is stale when its pid no longer exists or its build failed; one of another
+    host (a shared file system) only when it is older than a day, since its pid cannot be checked from here.
     """
     root = Path(cache_root)
     removed = []
@@ -200,18 +235,7 @@ def remove_stale_tmp(cache_root: str | os.PathLike) -> list[Path]:
         return removed
     host = _host_tag()
     for d in root.iterdir():
-        m = _TMP_RE.search(d.name)
-        if m is None or not d.is_dir():
-            continue
-        pid, tag = int(m.group(1)), m.group(2)
-        if tag == host:
-            stale = pid != os.getpid() and not _pid_alive(pid)
-        else:
-            try:
-                stale = time.time() - d.stat().st_mtime > _STALE_FOREIGN_S
-            except FileNotFoundError:
-                continue
-        if stale:
+        if _is_stale(d, host):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
@@ -276,17 +300,72 @@ class ClipCache:
         """
         if self.is_complete():
             return self.path
-        self.cache_root.mkdir(parents=True, exist_ok=True)
-        remove_stale_tmp(self.cache_root)
         tmp = self.cache_root / f"{self.key[:16]}.tmp-{os.getpid()}-{_host_tag()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
         try:
+            self.cache_root.mkdir(parents=True, exist_ok=True)
+            resumed = self._take_over(tmp)
+            remove_stale_tmp(self.cache_root)
+            if not resumed:
+                tmp.mkdir()
+                (tmp / _PROGRESS).write_text(json.dumps({"key": self.key}))
             self._build_into(tmp, num_workers, progress, start_method)
             self._publish(tmp)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            self._abandon(tmp)
+            raise self._write_error(exc) from exc
+        except BaseException:
+            self._abandon(tmp)  # Ctrl-C, an unreadable video: the finished items are kept for the next build
+            raise
         return self.path
+
+    def _write_error(self, exc: OSError) -> CacheError:
+        """A write failure as a message that says which folder and what to do."""
+        import errno
+
+        if exc.errno == errno.ENOSPC:
+            what = "the disk is full: free space there, or set SONOLAB_CACHE to a folder on a larger disk"
+        else:
+            what = (
+                "set SONOLAB_CACHE (or data.init_args.cache_dir) to a folder you can write, "
+                "or make this one writable"
+            )
+        return CacheError(
+            f"cannot write the clip cache in {self.cache_root} ({exc.strerror or type(exc).__name__}"
+            f"{': ' + str(exc.filename) if exc.filename else ''}): {what}"
+        )
+
+    def _abandon(self, tmp: Path) -> None:
+        """Mark a failed build's directory so the next build takes it over (or removes it if it has
+        nothing finished); never raises."""
+        try:
+            if tmp.is_dir():
+                if (tmp / _JOURNAL).is_file():
+                    (tmp / _ABANDONED).write_text(f"{os.getpid()}\n")
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+    def _take_over(self, tmp: Path) -> bool:
+        """Rename the stale build directory of this key with the most finished items to ``tmp``; True
+        when one was taken (a racing build renames it first: then this one starts afresh)."""
+        host = _host_tag()
+        found: list[tuple[int, Path]] = []
+        for d in self.cache_root.glob(f"{self.key[:16]}.tmp-*"):
+            try:
+                if not _is_stale(d, host) or json.loads((d / _PROGRESS).read_text()).get("key") != self.key:
+                    continue
+                found.append((len(_read_journal(d)), d))
+            except (OSError, ValueError):
+                continue
+        for _, d in sorted(found, key=lambda x: x[0], reverse=True):
+            try:
+                os.replace(d, tmp)
+            except OSError:
+                continue
+            (tmp / _ABANDONED).unlink(missing_ok=True)
+            return True
+        return False
 
     def _layout(self) -> tuple[dict[str, list[int]], int]:
         index, offset = {}, 0
@@ -295,10 +374,13 @@ class ClipCache:
             offset += len(s.frame_indices)
         return index, offset
 
-    def _tasks(self, frames_path: Path, flow_path: Path | None, index: dict, chunk: int) -> list:
+    def _tasks(
+        self, frames_path: Path, flow_path: Path | None, index: dict, chunk: int, done: set[str] = frozenset()
+    ) -> list:
         by_video: dict[Path, list[tuple[ClipSpec, int]]] = defaultdict(list)
         for s in self.specs:
-            by_video[s.video].append((s, index[s.item_id][0]))
+            if s.item_id not in done:
+                by_video[s.video].append((s, index[s.item_id][0]))
         tasks = []
         for video, items in by_video.items():
             items.sort(key=lambda it: min(it[0].frame_indices))  # forward reading within a video
@@ -312,25 +394,41 @@ class ClipCache:
         index, total = self._layout()
         frames_path = tmp / "frames.npy"
         flow_path = tmp / "flow.npy" if self.params.flow is not None else None
-        mm = np.lib.format.open_memmap(frames_path, mode="w+", dtype=np.uint8, shape=(total, H, W, C))
-        del mm
+        shapes = [(frames_path, np.uint8, (total, H, W, C))]
         if flow_path is not None:
-            mm = np.lib.format.open_memmap(flow_path, mode="w+", dtype=np.float16, shape=(total, 2, H, W))
-            del mm
+            shapes.append((flow_path, np.float16, (total, 2, H, W)))
+        done = _read_journal(tmp) if all(_npy_shape(p) == shape for p, _, shape in shapes) else set()
+        if not done:
+            for path, dtype, shape in shapes:
+                mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                del mm
+            (tmp / _JOURNAL).write_text("")
+        done &= set(index)
         chunk = 8 if num_workers > 0 else 1 << 30
-        tasks = self._tasks(frames_path, flow_path, index, chunk)
-        bar = tqdm(total=len(self.specs), desc="caching clips", unit="clip", disable=not progress)
-        try:
-            if num_workers > 0 and len(tasks) > 1:
-                ctx = mp.get_context(start_method)
-                with ctx.Pool(min(num_workers, len(tasks)), initializer=_worker_setup) as pool:
-                    for n in pool.imap_unordered(_run_task, tasks):
-                        bar.update(n)
-            else:
-                for task in tasks:
-                    _run_task(task, on_item=lambda: bar.update(1))
-        finally:
-            bar.close()
+        tasks = self._tasks(frames_path, flow_path, index, chunk, done)
+        bar = tqdm(
+            total=len(self.specs), initial=len(done), desc="caching clips", unit="clip", disable=not progress
+        )
+        with open(tmp / _JOURNAL, "a") as journal:
+
+            def commit(ids: list[str]) -> None:
+                """The items' data is flushed: record them, durably, as finished."""
+                journal.write("".join(f"{i}\n" for i in ids))
+                journal.flush()
+                os.fsync(journal.fileno())
+                bar.update(len(ids))
+
+            try:
+                if num_workers > 0 and len(tasks) > 1:
+                    ctx = mp.get_context(start_method)
+                    with ctx.Pool(min(num_workers, len(tasks)), initializer=_worker_setup) as pool:
+                        for ids in pool.imap_unordered(_run_task, tasks):
+                            commit(ids)
+                else:
+                    for task in tasks:
+                        _run_task(task, on_item=lambda item_id: commit([item_id]))
+            finally:
+                bar.close()
             _WORKER_MAPS.pop(str(frames_path), None)
             if flow_path is not None:
                 _WORKER_MAPS.pop(str(flow_path), None)
@@ -358,6 +456,8 @@ class ClipCache:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        (tmp / _JOURNAL).unlink()
+        (tmp / _PROGRESS).unlink(missing_ok=True)
         (tmp / "COMPLETE").write_text(self.key + "\n")
 
     def _publish(self, tmp: Path) -> None:
@@ -371,6 +471,24 @@ class ClipCache:
                 if self.path.exists():  # an incomplete final dir can only come from outside meddling
                     shutil.rmtree(self.path, ignore_errors=True)
         os.replace(tmp, self.path)
+
+
+def _read_journal(d: Path) -> set[str]:
+    """Ids of the finished items of a build directory; a last line cut by a kill is not counted."""
+    try:
+        text = (d / _JOURNAL).read_text()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    lines = text.split("\n")
+    return {line for line in lines[:-1] if line}  # the part after the last newline is unfinished
+
+
+def _npy_shape(path: Path) -> tuple[int, ...] | None:
+    """Shape in a .npy header, or None when the file is missing or unreadable."""
+    try:
+        return tuple(np.load(path, mmap_mode="r").shape)
+    except (OSError, ValueError):
+        return None
 
 
 class CacheView:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datamodules.errors import DataError
+
 if TYPE_CHECKING:
     from datamodules.readers import VideoInfo
 
@@ -218,7 +220,7 @@ class Table:
     long_rows: list[tuple[int, int]] = field(default_factory=list)
 
 
-class TableError(ValueError):
+class TableError(DataError):
     """The CSV file could not be read at all (not UTF-8, no header, ...)."""
 
 
@@ -256,8 +258,12 @@ def read_table(path: Path) -> Table:
 
 
 def resolve_path(root: Path, value: str) -> Path:
-    """A manifest path: relative to the dataset root, absolute paths kept (``~`` expanded)."""
-    p = Path(value).expanduser()
+    """A manifest path: relative to the dataset root, absolute paths kept (``~`` expanded; ``~name`` of an
+    unknown user, or ``~`` without a home, stays as written and is reported as a missing file)."""
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:
+        p = Path(value)
     return p if p.is_absolute() else Path(root) / p
 
 

@@ -25,6 +25,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from datamodules.errors import DataError
+
 __all__ = [
     "GazeTrack",
     "LogMel",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class MediaError(ValueError):
+class MediaError(DataError):
     """A media file (video, gaze CSV, audio, image) is missing or cannot be read.
 
     The message always starts with the file's path and names the frame / CSV line when there is one.
@@ -311,13 +313,19 @@ class GazeTrack:
 _GAZE_COLUMNS = ("time_s", "x", "y")
 
 
-def load_gaze(path: str | os.PathLike) -> GazeTrack:
+def load_gaze(path: str | os.PathLike, quote: bool = True) -> GazeTrack:
     """Read a gaze CSV (columns ``time_s, x, y``; others ignored; empty/NaN x or y = no fixation).
 
     Line numbers in errors count the header as line 1; blank lines are skipped. Samples are returned
-    sorted by time (validation reports files whose time_s decreases).
+    sorted by time (validation reports files whose time_s decreases). ``quote=False`` keeps the file's
+    contents (header names, cells) out of error messages: the validator passes it for files outside the
+    dataset folder, which may be anything (``../../etc/passwd``).
     """
     path = Path(path)
+
+    def shown(text: str) -> str:
+        return text if quote else "<not shown: file outside the dataset>"
+
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -330,7 +338,7 @@ def load_gaze(path: str | os.PathLike) -> GazeTrack:
                 raise MediaError(
                     f"{path}: missing column{'s' if len(missing) > 1 else ''} "
                     + ", ".join(repr(m) for m in missing)
-                    + f" (found {', '.join(names)})"
+                    + f" (found {shown(', '.join(names))})"
                 )
             cols = [names.index(c) for c in _GAZE_COLUMNS]
             rows: list[tuple[int, str, str, str]] = []
@@ -342,7 +350,9 @@ def load_gaze(path: str | os.PathLike) -> GazeTrack:
     except FileNotFoundError:
         raise MediaError(f"{path}: gaze file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:
-        raise MediaError(f"{path}: not a readable CSV file ({e})") from None
+        raise MediaError(f"{path}: not a readable CSV file ({shown(str(e))})") from None
+    except OSError as e:  # a folder, no permission, an I/O error
+        raise MediaError(f"{path}: cannot read gaze file ({e.strerror or type(e).__name__})") from None
 
     n = len(rows)
     raw = np.array([r[1:] for r in rows], dtype=object).reshape(n, 3)
@@ -357,11 +367,11 @@ def load_gaze(path: str | os.PathLike) -> GazeTrack:
                 try:
                     v = float(cell) if cell else math.nan
                 except ValueError:
-                    raise MediaError(f"{path}:{line}: {name}: not a number: {cell!r}") from None
+                    raise MediaError(f"{path}:{line}: {name}: not a number: {shown(repr(cell))}") from None
                 if name == "time_s" and not math.isfinite(v):
-                    raise MediaError(f"{path}:{line}: time_s: missing or not finite: {cell!r}")
+                    raise MediaError(f"{path}:{line}: time_s: missing or not finite: {shown(repr(cell))}")
                 if name != "time_s" and math.isinf(v):
-                    raise MediaError(f"{path}:{line}: {name}: not finite: {cell!r}")
+                    raise MediaError(f"{path}:{line}: {name}: not finite: {shown(repr(cell))}")
     assert values is not None
     if np.isinf(values[:, 1:]).any():
         bad = int(np.flatnonzero(np.isinf(values[:, 1:]).any(axis=1))[0])

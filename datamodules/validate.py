@@ -26,8 +26,10 @@ from typing import Literal
 
 import numpy as np
 
+from datamodules.errors import DataError
 from datamodules.manifest import (
     MANIFEST_FILES,
+    SPLITS,
     BoxRecord,
     ClipRecord,
     ImageRecord,
@@ -59,6 +61,14 @@ MIN_CLIP_S = 0.5
 #: ``AUDIO_SHORT_MIN_S`` seconds) is a warning.
 AUDIO_SHORT_FRACTION = 0.1
 AUDIO_SHORT_MIN_S = 1.0
+#: gaze whose last sample is past the end of the video by more than this fraction of the video (and more
+#: than ``GAZE_LONG_MIN_S`` seconds) is a warning: wrong video, wrong fps or a recording not cut to the video.
+GAZE_LONG_FRACTION = 0.2
+GAZE_LONG_MIN_S = 1.0
+#: float audio whose absolute peak exceeds this is a warning (clipping or wrong scaling; WAV floats are ±1).
+AUDIO_FLOAT_PEAK = 1.0
+#: the splits a training run needs; ``validate_dataset(splits=...)`` / ``--splits`` change it.
+FIT_SPLITS = ("train", "val")
 _AUDIO_BLOCK = 1 << 16
 
 Severity = Literal["error", "warning"]
@@ -85,7 +95,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(DataError):
     """Raised when a dataset has errors; the message lists every error, ``.problems`` holds them."""
 
     def __init__(self, problems: Iterable[Problem], root: str | os.PathLike | None = None):
@@ -171,6 +181,18 @@ def _normkey(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+def _parse_splits(splits: Iterable[str] | str | None) -> tuple[str, ...]:
+    if splits is None:
+        return ()
+    if isinstance(splits, str):
+        splits = splits.split(",")
+    names = tuple(dict.fromkeys(s.strip().lower() for s in splits if s and s.strip()))
+    unknown = [s for s in names if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s): {', '.join(unknown)} (allowed: {', '.join(SPLITS)})")
+    return names
+
+
 def _parse_require(require: Iterable[str] | str | None) -> set[str]:
     if require is None:
         return set()
@@ -190,10 +212,11 @@ def _parse_require(require: Iterable[str] | str | None) -> set[str]:
 # the validator
 # --------------------------------------------------------------------------------------------
 class _Validator:
-    def __init__(self, root: Path, require: set[str], deep: bool):
+    def __init__(self, root: Path, require: set[str], deep: bool, splits: tuple[str, ...] = FIT_SPLITS):
         self.root = root
         self.require = require
         self.deep = deep
+        self.splits = splits
         self.p = _Collector()
         self.tables: dict[str, Table | None] = {}
         self._video_cache: dict[str, VideoInfo | MediaError] = {}
@@ -303,8 +326,10 @@ class _Validator:
     def _check_gaze(self, file: str, scan: ScanRecord, duration: float | None) -> None:
         assert scan.gaze is not None
         name = self.rel(scan.gaze)
+        # a file outside the dataset (``../../etc/passwd``) may be anything: never quote its contents
+        quote = _inside(scan.gaze, self.root)
         try:
-            load_gaze(scan.gaze)  # columns present, cells numeric
+            load_gaze(scan.gaze, quote=quote)  # columns present, cells numeric
             lines, t, xy = _read_gaze_in_file_order(scan.gaze)
         except MediaError as exc:
             self.p.error(file, scan.row, "gaze", self._media_msg(scan.gaze, exc))
@@ -312,12 +337,13 @@ class _Validator:
         dec = np.flatnonzero(np.diff(t) < 0)
         if dec.size:
             i = int(dec[0])
+            values = f": {t[i + 1]:g} after {t[i]:g}" if quote else ""
             self.p.error(
                 file,
                 scan.row,
                 "gaze",
                 f"{name}: time_s decreases {_plural(int(dec.size), 'time')} "
-                f"(first on line {lines[i + 1]}: {t[i + 1]:g} after {t[i]:g})",
+                f"(first on line {lines[i + 1]}{values})",
             )
         finite_xy = np.isfinite(xy).all(axis=1)
         with np.errstate(invalid="ignore"):
@@ -325,15 +351,38 @@ class _Validator:
         bad = np.flatnonzero(outside)
         if bad.size:
             i = int(bad[0])
+            values = f": x={xy[i, 0]:g}, y={xy[i, 1]:g}" if quote else ""
             self.p.error(
                 file,
                 scan.row,
                 "gaze",
                 f"{name}: {_plural(int(bad.size), 'sample')} outside [0, 1] "
-                f"(first on line {lines[i]}: x={xy[i, 0]:g}, y={xy[i, 1]:g})",
+                f"(first on line {lines[i]}{values})",
             )
-        if duration is None or dec.size or bad.size:
+        if duration is None or dec.size or bad.size or t.size == 0:
             return
+        last = float(np.max(t))
+        if (
+            last > 100.0 * duration
+            and last / 1000.0 <= duration * (1.0 + GAZE_LONG_FRACTION) + GAZE_LONG_MIN_S
+        ):
+            self.p.error(
+                file,
+                scan.row,
+                "gaze",
+                f"{name}: time_s looks like milliseconds: the last sample is at {last:g} but the video "
+                f"is {duration:.2f} s long; time_s must be seconds since the first frame (divide by 1000)",
+            )
+            return
+        if last - duration > max(GAZE_LONG_MIN_S, GAZE_LONG_FRACTION * duration):
+            self.p.warning(
+                file,
+                scan.row,
+                "gaze",
+                f"{name}: gaze runs to {last:.2f} s but the video is {duration:.2f} s "
+                f"({last / duration:.1f}x): wrong gaze file or fps, or a recording not cut to the video; "
+                "samples after the last frame are ignored",
+            )
         valid_t = np.sort(t[finite_xy])
         valid_t = valid_t[(valid_t >= 0.0) & (valid_t < duration)]
         if valid_t.size == 0:
@@ -375,17 +424,44 @@ class _Validator:
 
         peak = 0.0
         decoded = 0
+        non_finite = 0
+        first_bad: int | None = None
         try:
             for block in sf.blocks(str(scan.audio), blocksize=_AUDIO_BLOCK, dtype="float32", always_2d=True):
                 if block.size:
+                    finite = np.isfinite(block).all(axis=1)
+                    if not finite.all():
+                        non_finite += int((~finite).sum())
+                        if first_bad is None:
+                            first_bad = decoded + int(np.flatnonzero(~finite)[0])
+                    if finite.any():
+                        peak = max(peak, float(np.abs(block[finite]).max()))
                     decoded += block.shape[0]
-                    peak = max(peak, float(np.nanmax(np.abs(block))))
         except (RuntimeError, ValueError, OSError) as exc:  # sf.LibsndfileError is a RuntimeError
             self.p.error(file, scan.row, "audio", f"{name}: cannot decode audio ({exc})")
             return
         if decoded == 0:
             self.p.error(file, scan.row, "audio", f"{name}: zero-length audio (no samples decoded)")
             return
+        if non_finite:
+            assert first_bad is not None
+            self.p.error(
+                file,
+                scan.row,
+                "audio",
+                f"{name}: {_plural(non_finite, 'sample')} of {decoded} are NaN or infinite (first at sample "
+                f"{first_bad}, {first_bad / sample_rate:.2f} s); they would make every log-mel feature of "
+                "this scan NaN: re-export the audio, or leave the audio cell empty",
+            )
+            return
+        if peak > AUDIO_FLOAT_PEAK:
+            self.p.warning(
+                file,
+                scan.row,
+                "audio",
+                f"{name}: float samples peak at {peak:.3g}, outside [-1, 1] (clipping or wrong scaling); "
+                "log-mel features will be offset: rescale the audio to [-1, 1]",
+            )
         if peak < SILENCE_PEAK:
             self.p.warning(
                 file, scan.row, "audio", f"{name}: silent audio (peak {peak:.1e} < {SILENCE_PEAK:g})"
@@ -632,6 +708,28 @@ class _Validator:
                 out.append(pair)
         return out
 
+    # -- splits -----------------------------------------------------------------------------------------
+    def check_splits(self, m: Manifests) -> None:
+        """A needed split with no row at all stops ``fit`` only after caching: report it here, at once. A
+        split whose rows all have errors is explained by those errors (and by ``load_dataset`` when
+        ``skip_invalid`` empties it)."""
+        written: dict[str, set[str]] = defaultdict(set)  # split cells as written, valid or not, per manifest
+        for name, counted_in in (
+            ("clips", "clips"),
+            ("scans", "clips"),
+            ("images", "images"),
+            ("scans", "boxes"),
+        ):
+            table = self.tables[name]
+            for _, row in table.rows if table is not None else ():
+                if name != "images" or row.get("role", "") == "train":
+                    written[MANIFEST_FILES[counted_in]].add(row.get("split", ""))
+        self.p.problems.extend(
+            p
+            for split, p in empty_split_problems(m, self.require, self.splits)
+            if split not in written[p.file]
+        )
+
     # -- everything ---------------------------------------------------------------------------------
     def run(self) -> ValidationReport:
         self.load_tables()
@@ -652,6 +750,7 @@ class _Validator:
             boxes=[b for b in boxes if ok(f["boxes"], b.row)],
             video_info={k: v for k, v in self.video_info.items() if ok(f["scans"], scans[k].row)},
         )
+        self.check_splits(manifests)
         # fewer than 2 classes in a split (kept clips only)
         labels: dict[str, set[str]] = defaultdict(set)
         for clip in manifests.clips.values():
@@ -697,7 +796,7 @@ def _read_gaze_in_file_order(path: Path) -> tuple[list[int], np.ndarray, np.ndar
                 values.append(tuple(float(v) if v else math.nan for v in cells))  # type: ignore[arg-type]
                 lines.append(line)
     except (OSError, ValueError, StopIteration, csv.Error) as exc:
-        raise MediaError(f"{path}: cannot read gaze file ({exc})") from None
+        raise MediaError(f"{path}: cannot read gaze file ({type(exc).__name__})") from None
     arr = np.asarray(values, dtype=np.float64).reshape(-1, 3)
     xy = arr[:, 1:].copy()
     xy[np.isnan(xy).any(axis=1)] = np.nan
@@ -712,10 +811,93 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def empty_split_problems(
+    m: Manifests, require: Iterable[str], splits: Iterable[str]
+) -> list[tuple[str | None, Problem]]:
+    """``(split, error)`` for each needed split without a valid row: clips (+ scans used whole) when clips
+    are required, role-'train' images in the train split when images are."""
+    hint = "or, for a dataset used only to test or predict, validate with --splits test"
+    require, splits = set(require), tuple(splits)
+    out: list[tuple[str | None, Problem]] = []
+    if "clips" in require:
+        counts: dict[str, int] = defaultdict(int)
+        for clip in m.clips.values():
+            counts[clip.split] += 1
+        with_clips = {c.scan_id for c in m.clips.values()}
+        for scan in m.scans.values():  # scans used whole (sliding windows) carry their own split
+            if scan.split and scan.scan_id not in with_clips:
+                counts[scan.split] += 1
+        have = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+        for split in splits:
+            if not counts.get(split):
+                out.append(
+                    (
+                        split,
+                        Problem(
+                            MANIFEST_FILES["clips"],
+                            None,
+                            "split",
+                            f"the {split!r} split has no valid clip or scan (valid rows per split: {have}); "
+                            f"a training run needs {' and '.join(map(repr, splits))} data: put some scans in "
+                            f"{split!r} (split column of clips.csv / scans.csv), {hint}",
+                        ),
+                    )
+                )
+    # boxes (zoom-in pretraining) take the split of their scan: train only, like images
+    if "boxes" in require and "clips" not in require and "train" in splits:
+        unsplit = sorted({b.scan_id for b in m.boxes if m.scan_split(b.scan_id) is None})
+        if unsplit:
+            out.append(
+                (
+                    None,  # not about one split: always reported
+                    Problem(
+                        MANIFEST_FILES["boxes"],
+                        None,
+                        "scan_id",
+                        f"boxes of scans with no split ({', '.join(unsplit[:5])}"
+                        f"{', ...' if len(unsplit) > 5 else ''}): give scans.csv a split column",
+                    ),
+                )
+            )
+        if not any(m.scan_split(b.scan_id) == "train" for b in m.boxes):
+            out.append(
+                (
+                    "train",
+                    Problem(
+                        MANIFEST_FILES["boxes"],
+                        None,
+                        "split",
+                        "the 'train' split has no valid box (a box takes its scan's split): put some scans "
+                        f"with boxes in 'train', {hint}",
+                    ),
+                )
+            )
+    # images: only train; evaluation may come from pairs.csv, the standard set or no validation at all
+    if (
+        "images" in require
+        and "train" in splits
+        and not any(im.role == "train" and im.split == "train" for im in m.images.values())
+    ):
+        out.append(
+            (
+                "train",
+                Problem(
+                    MANIFEST_FILES["images"],
+                    None,
+                    "split",
+                    "the 'train' split has no valid role-'train' image; a training run needs some: "
+                    f"put images in split 'train' with role 'train', {hint}",
+                ),
+            )
+        )
+    return out
+
+
 def validate_dataset(
     root: str | os.PathLike,
     require: Iterable[str] | str = ("scans", "clips"),
     deep: bool = True,
+    splits: Iterable[str] | str = FIT_SPLITS,
 ) -> ValidationReport:
     """Check a dataset folder and return every problem found (never stops at the first).
 
@@ -723,9 +905,13 @@ def validate_dataset(
     ``boxes``); the others are validated when present. ``deep`` opens the media (probes every
     video once including its last frame, reads gaze files, decodes audio and images); with
     ``deep=False`` only the CSV structure and the existence of the media files are checked.
+    ``splits`` are the splits that must hold valid rows in ``clips.csv`` + ``scans.csv`` when clips are
+    required (train and val by default, what ``fit`` needs); with images required, ``train`` in ``splits``
+    asks for role-'train' images in the train split.
     """
     root = Path(root).expanduser()
     names = _parse_require(require)
+    need = _parse_splits(splits)
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         return ValidationReport(
@@ -734,7 +920,7 @@ def validate_dataset(
             warnings=[],
             manifests=Manifests(root=root),
         )
-    return _Validator(root.resolve(), names, deep).run()
+    return _Validator(root.resolve(), names, deep, need).run()
 
 
 def load_dataset(
@@ -743,6 +929,7 @@ def load_dataset(
     deep: bool = True,
     skip_invalid: bool = False,
     logger: logging.Logger | None = None,
+    splits: Iterable[str] | str = FIT_SPLITS,
 ) -> Manifests:
     """Validate and return the dataset's rows.
 
@@ -751,7 +938,7 @@ def load_dataset(
     (problems that concern a whole required file, e.g. a missing manifest, still raise).
     """
     log = logger or logging.getLogger(LOGGER_NAME)
-    report = validate_dataset(root, require=require, deep=deep)
+    report = validate_dataset(root, require=require, deep=deep, splits=splits)
     for p in report.warnings:
         log.warning("dataset warning: %s", p)
     if not report.errors:
@@ -765,8 +952,12 @@ def load_dataset(
         for p in report.errors
         if p.row is None and (p.file in required_files or p.file not in MANIFEST_FILES.values())
     ]
-    if fatal:
-        raise DatasetValidationError(fatal, report.root)
+    emptied = [
+        Problem(p.file, p.row, p.column, f"{p.message} (after skipping invalid rows)")
+        for _, p in empty_split_problems(report.manifests, names, _parse_splits(splits))
+    ]
+    if fatal or emptied:
+        raise DatasetValidationError(fatal + emptied, report.root)
     rows = sorted({(p.file, p.row) for p in report.errors if p.row is not None})
     for p in report.errors:
         if p.row is None:
@@ -797,6 +988,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shallow", action="store_true", help="check CSVs and file existence only, open no media"
     )
+    parser.add_argument(
+        "--splits",
+        default=",".join(FIT_SPLITS),
+        help="comma-separated splits that must hold valid rows; default: train,val (what fit needs); "
+        "'test' for a dataset used only to test or predict, '' for none",
+    )
     args = parser.parse_args(argv)
     root = Path(args.dir).expanduser()
     if not root.is_dir():
@@ -807,9 +1004,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         require = _parse_require(args.require)
+        splits = _parse_splits(args.splits)
     except ValueError as exc:
         parser.error(str(exc))
-    report = validate_dataset(root, require=sorted(require), deep=not args.shallow)
+    report = validate_dataset(root, require=sorted(require), deep=not args.shallow, splits=splits)
     print(report.format())
     return 0 if report.ok else 1
 

@@ -1,23 +1,58 @@
 """The `lightning` / `sonolab` command: one LightningCLI for every model and DataModule.
 
-Subclass mode for model and data (``class_path`` / ``init_args`` in the YAML), the omegaconf+ parser mode
-so ``${...}`` interpolation works across stacked configs and overrides, the full config saved next to every run's checkpoints,
-and the random seed written back into that saved config so a run can be repeated exactly.
+Subclass mode for model and data (``class_path`` / ``init_args`` in the YAML) and the omegaconf+ parser
+mode, so ``${...}`` interpolation works across stacked configs and overrides. On top of LightningCLI:
+
+* **One run, one identity.** Every run gets an id; its folder is ``<root>/<project>/<id>/`` (``root`` =
+  ``--trainer.default_root_dir``, ``runs`` in every config) and its W&B run has the same id. A
+  ``--ckpt_path`` inside a run folder (or ``--ckpt_path last``: the newest run of the project under the
+  root) continues that run: same folder, same W&B run, and the run's saved ``config.yaml`` as the base
+  config, so ``lightning test --ckpt_path runs/<project>/<id>/checkpoints/last.ckpt`` needs no overlays.
+  A ``--config`` or flag that changes the model against the saved config is refused, naming the keys.
+* **Resumable.** ``last.ckpt`` is the last completed epoch (and the state at a SIGTERM / Ctrl+C), written
+  atomically; checkpoints carry the RNG states (``callbacks.checkpoints``).
+* **Seeds.** ``seed_everything: true`` draws a real random seed, written into the saved config.
+* **NaN stops loudly** (``callbacks.guards.NonFiniteGuard``, configurable as ``nonfinite``).
+* ``zoom_checkpoint: auto`` (VideoQualityGAN and its baselines) pretrains the zoom-in first when no
+  pretrained zoom-in for this data exists yet (``lightning_modules.vqa_gan.auto_zoom``).
 """
 
 from __future__ import annotations
 
+import copy
 import netrc
 import os
-import time
+import secrets
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import set_parsing_settings
+import yaml
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint, RandomState
+from callbacks.guards import NonFiniteGuard, NonFiniteLossError
+from lightning_modules.common.runs import (
+    CONFIG_NAME,
+    LAST_NAME,
+    RunError,
+    new_run_id,
+    newest_run,
+    run_directory,
+    run_of_checkpoint,
+)
+
+__all__ = ["RunIdentity", "SonolabCLI", "main", "run", "run_directory"]
+
 WANDB_HOST = "api.wandb.ai"
+DEFAULT_ROOT = "runs"
+RUN_REFERENCE = "last:"  # a model argument `last:<project>` names the newest run of that project
+# the model settings a checkpoint must be re-run with (data shapes are linked into the model)
+_SHAPE_KEYS = ("data.init_args.image_size", "data.init_args.channels")
 
 
 def has_wandb_key() -> bool:
@@ -39,50 +74,296 @@ def default_wandb_mode() -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
-def run_directory(trainer: Trainer) -> Path:
-    """The folder of this run: where its checkpoints go (``save_dir/name/version``) for any logger."""
-    logger = trainer.logger
-    if logger is None:
-        return Path(trainer.default_root_dir)
-    save_dir = logger.save_dir or trainer.default_root_dir
-    name = logger.name or ""
-    version = logger.version
-    if version is None or version == "":
-        version = time.strftime("run-%Y%m%d-%H%M%S")
-    elif isinstance(version, int):
-        version = f"version_{version}"
-    return Path(save_dir) / str(name) / str(version)
+@dataclass
+class RunIdentity:
+    """Who a run is: its id, its folder, and whether it continues an earlier run's folder."""
+
+    run_id: str
+    root: Path
+    project: str
+    continues: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.project / self.run_id
+
+
+def _logger_entries(trainer_cfg: Any) -> list[Any]:
+    logger = trainer_cfg.get("logger")
+    if logger in (None, True, False):
+        return []
+    return list(logger) if isinstance(logger, list) else [logger]
+
+
+def _logger_project(cfg: Any) -> str:
+    """The project a run files under: the W&B ``project`` (or a CSV/TensorBoard logger's ``name``)."""
+    for entry in _logger_entries(cfg.trainer):
+        init = entry.get("init_args") or {}
+        for key in ("project", "name"):
+            if init.get(key):
+                return str(init[key])
+    model = cfg.get("model")
+    class_path = str(model.get("class_path", "")) if model is not None else ""
+    return "sonolab-" + (class_path.rsplit(".", 1)[-1].lower() or "run")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def _model_settings(config: dict[str, Any]) -> dict[str, Any]:
+    flat = _flatten({"model": config.get("model"), "data": config.get("data")})
+    return {k: v for k, v in flat.items() if k.startswith("model.") or k in _SHAPE_KEYS}
 
 
 class RunConfigSaver(SaveConfigCallback):
     """Saves the resolved config (seed included) into the run's own folder and logs it to the logger.
 
-    Lightning's default writes ``config.yaml`` to ``trainer.log_dir``, which for W&B is the shared
-    ``save_dir`` and so collides between runs; a per-run folder never overwrites an earlier run.
+    Written when the run really starts (``on_*_start``, after every setup succeeded), so a run that fails
+    to start leaves no folder and no W&B run behind. A new run writes ``config.yaml``; a run that continues
+    an earlier run's folder (resume, test, predict) never replaces it and writes
+    ``config-<subcommand>-<id>.yaml`` beside it.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        identity: RunIdentity | None = None,
+        restore: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs["save_to_log_dir"] = False
         super().__init__(*args, **kwargs)
+        self.identity = identity
+        self.restore = restore or {}
+        self.saved_to: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Nothing yet: see the class docstring."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.saved_to is not None:
+            return
         run_dir = run_directory(trainer)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / self.config_filename
-        self.parser.save(self.config, str(config_path), skip_none=False, overwrite=True, multifile=False)
+        config = self.config.clone()
+        for key, value in self.restore.items():  # the user's output root and logger, not this run's
+            config[key] = copy.deepcopy(value)
+        name = self.config_filename
+        if self.identity is not None and self.identity.continues:
+            name = f"config-{stage}-{new_run_id()}.yaml"
+        path = run_dir / name
+        if trainer.is_global_zero:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.parser.save(config, str(path), skip_none=False, overwrite=False, multifile=False)
+        self.saved_to = path
         if trainer.logger is not None:
-            dumped = self.parser.dump(self.config, skip_none=False, format="json")
+            dumped = self.parser.dump(config, skip_none=False, format="json")
             trainer.logger.log_hyperparams({"cli_config": dumped, "run_dir": str(run_dir)})
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.save_config(trainer, pl_module, "fit")
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.training and trainer.state.fn == "validate":
+            self.save_config(trainer, pl_module, "validate")
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.save_config(trainer, pl_module, "test")
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.save_config(trainer, pl_module, "predict")
 
 
 class SonolabCLI(LightningCLI):
-    """LightningCLI with the shape links every sonolab model and DataModule share."""
+    """LightningCLI with sonolab's run identity, resume, seeds, shape links and non-finite guard."""
+
+    identity: RunIdentity
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         # Every DataModule exposes `image_size` and `channels`; every model takes them as
         # `image_size` and `in_channels`. Linking means the frame shape is typed once, in `data`.
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
         parser.link_arguments("data.init_args.channels", "model.init_args.in_channels")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_argument(
+            "--run_id",
+            type=str | None,
+            default=None,
+            help="Id of a new run (default: a fresh time-stamped id). Refused if a run of this id exists; "
+            "to continue a run give --ckpt_path inside its folder (or --ckpt_path last).",
+        )
+
+    # ------------------------------------------------------------------------------- parsing
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        root = Path(cfg.trainer.get("default_root_dir") or DEFAULT_ROOT)
+        project = _logger_project(cfg)
+        ckpt = cfg.get("ckpt_path")
+        run_dir: Path | None = None
+        if ckpt == "last":
+            run_dir = newest_run(root, project)
+            if run_dir is None:
+                raise RunError(
+                    f"--ckpt_path last: no run of project {project!r} under {root} has a "
+                    f"checkpoints/{LAST_NAME}; nothing to resume (start without --ckpt_path, or give the "
+                    "checkpoint's path)"
+                )
+            cfg.ckpt_path = str(run_dir / "checkpoints" / LAST_NAME)
+        elif ckpt and ckpt not in ("best", "hpc", "registry") and "://" not in str(ckpt):
+            if not Path(ckpt).is_file():
+                raise RunError(f"--ckpt_path {ckpt}: no such file")
+            run_dir = run_of_checkpoint(ckpt)
+        if run_dir is not None:
+            self._reparse_on_saved_config(parser, args, subcommand, run_dir)
+            cfg = self.config[subcommand]
+            self.identity = RunIdentity(
+                run_dir.name, run_dir.parent.parent, run_dir.parent.name, continues=True
+            )
+        else:
+            run_id = cfg.get("run_id") or new_run_id()
+            self.identity = RunIdentity(run_id, root, project)
+            if cfg.get("run_id") and self.identity.folder.exists() and subcommand == "fit":
+                raise RunError(
+                    f"--run_id {run_id}: {self.identity.folder} exists; choose another id, or continue that "
+                    f"run with --ckpt_path {self.identity.folder / 'checkpoints' / LAST_NAME}"
+                )
+        self._resolve_run_references(cfg)
+        if cfg.get("seed_everything") is True:
+            # Lightning's seed_everything() without a seed uses 0; a drawn seed makes repeats independent
+            cfg.seed_everything = secrets.randbelow(2**31 - 1)
+
+    def _resolve_run_references(self, cfg: Any) -> None:
+        """``model.init_args.X: last:<project>`` = the ``last.ckpt`` of the newest run of that project under
+        this run's root (e.g. fine-tuning from the latest DualRepSSL pretraining)."""
+        init = cfg.model.get("init_args") if cfg.get("model") is not None else None
+        for key, value in dict(init or {}).items():
+            if isinstance(value, str) and value.startswith(RUN_REFERENCE):
+                project = value[len(RUN_REFERENCE) :]
+                run_dir = newest_run(self.identity.root, project)
+                if run_dir is None:
+                    raise RunError(
+                        f"model.init_args.{key}: {value} means the last.ckpt of the newest {project!r} run under "
+                        f"{self.identity.root}, and there is none: train that model first, or give a checkpoint path"
+                    )
+                init[key] = str(run_dir / "checkpoints" / LAST_NAME)
+
+    def _reparse_on_saved_config(self, parser: Any, args: Any, subcommand: str, run_dir: Path) -> None:
+        """Parse again with the run's saved config first, then refuse model settings that differ from it."""
+        saved_path = run_dir / CONFIG_NAME
+        argv = list(sys.argv[1:] if args is None else args)
+        at = argv.index(subcommand) + 1 if subcommand in argv else 0
+        ckpt = str(self.config[subcommand].ckpt_path)
+        argv = [*argv[:at], "--config", str(saved_path), *argv[at:], f"--ckpt_path={ckpt}"]
+        self.config = parser.parse_args(argv)
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        final = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
+        before, after = _model_settings(saved), _model_settings(final)
+        differ = sorted(
+            k
+            for k in before.keys() | after.keys()
+            if before.get(k) != after.get(k) and not str(after.get(k)).startswith(RUN_REFERENCE)
+        )
+        if differ:
+            lines = "\n".join(
+                f"  {k}: the run has {before.get(k)!r}, this command gives {after.get(k)!r}" for k in differ
+            )
+            raise RunError(
+                f"the checkpoint belongs to run {run_dir}, whose saved config.yaml differs from this command "
+                f"in the model settings:\n{lines}\nDrop the --config files and flags that change them (the run's "
+                "config.yaml is used by itself), or give the same overlays the run was trained with."
+            )
+
+    # -------------------------------------------------------------------------- instantiation
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        identity = self.identity
+        folder = identity.folder
+        # the saved config keeps what the user gave (root, logger), not this run's folder and id
+        self.save_config_kwargs["restore"] = {
+            "trainer.default_root_dir": str(identity.root),
+            "trainer.logger": copy.deepcopy(cfg.trainer.get("logger")),
+        }
+        cfg.trainer.default_root_dir = str(folder)
+        for entry in _logger_entries(cfg.trainer):
+            class_name = str(entry.get("class_path", "")).rsplit(".", 1)[-1]
+            init = entry.get("init_args")
+            if init is None:
+                init = entry["init_args"] = Namespace()
+            if class_name == "WandbLogger":
+                init["save_dir"] = str(folder)
+                init["id"] = identity.run_id
+                init["name"] = init.get("name") or identity.run_id
+            elif class_name in ("CSVLogger", "TensorBoardLogger"):
+                init["save_dir"] = str(identity.root)
+                init["name"] = identity.project
+                init["version"] = identity.run_id
+        self.save_config_kwargs["identity"] = identity
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_cfg = self.config_init[self.subcommand]["trainer"]
+        plugins = trainer_cfg.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(hasattr(p, "save_checkpoint") for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(self.identity.folder / "checkpoints")
+        return trainer
+
+    # ------------------------------------------------------------------------------- running
+    def before_fit(self) -> None:
+        from lightning_modules.vqa_gan.auto_zoom import resolve_auto_zoom
+
+        resolve_auto_zoom(self)
+
+    def _summary(self, what: str) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        folder = run_directory(trainer)
+        if trainer.fast_dev_run:
+            print(
+                f"\n{what} (fast_dev_run: a wiring check, nothing saved) run {self.identity.run_id}",
+                flush=True,
+            )
+            return
+        lines = [f"\n{what}: run {self.identity.run_id}", f"  folder:      {folder}"]
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+                score = callback.best_model_score
+                value = f" ({callback.monitor} = {float(score):.4f})" if score is not None else ""
+                lines.append(f"  best:        {callback.best_model_path}{value}")
+            elif isinstance(callback, LastCheckpoint) and callback.last_model_path:
+                lines.append(f"  last:        {callback.last_model_path}  (resume: --ckpt_path last)")
+        wandb_dir = folder / "wandb"
+        if wandb_dir.is_dir():
+            lines.append(f"  W&B:         {wandb_dir}  (upload: wandb sync {wandb_dir}/offline-run-*)")
+        print("\n".join(lines), flush=True)
+
+    def after_fit(self) -> None:
+        self._summary("fit finished")
+
+    def after_validate(self) -> None:
+        self._summary("validate finished")
+
+    def after_test(self) -> None:
+        self._summary("test finished")
+
+    def after_predict(self) -> None:
+        self._summary("predict finished")
 
 
 def configure_interpolation() -> None:
@@ -103,6 +384,7 @@ def main(args: list[str] | None = None) -> SonolabCLI:
         parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_callback=RunConfigSaver,
         seed_everything_default=True,
+        trainer_defaults={"callbacks": [LastCheckpoint(), RandomState()]},
         args=args,
         auto_configure_optimizers=False,
     )
@@ -110,8 +392,13 @@ def main(args: list[str] | None = None) -> SonolabCLI:
 
 def run() -> None:
     """Entry point of the `lightning` and `sonolab` console scripts. Returns None: the script wrapper passes
-    the return value to ``sys.exit``, which would print a returned CLI object and exit with status 1."""
-    main()
+    the return value to ``sys.exit``, which would print a returned CLI object and exit with status 1.
+    A run that cannot start or that diverged ends with its message and a non-zero status, no traceback."""
+    try:
+        main()
+    except (RunError, NonFiniteLossError) as error:
+        print(f"\nerror: {error}", file=sys.stderr, flush=True)
+        sys.exit(2 if isinstance(error, RunError) else 3)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,17 @@ class CLSTMUNet(LightningModule):
             self._aug_generator = torch.Generator().manual_seed(seed)
         return self._aug_generator
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The augmentation generator's position: a resumed run draws the augmentations an uninterrupted one would."""
+        if self._aug_generator is not None:
+            checkpoint["augment_generator"] = self._aug_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("augment_generator")
+        if state is not None:
+            self._aug_generator = torch.Generator()
+            self._aug_generator.set_state(state)
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if self.augmenter is None or self._trainer is None or not self.trainer.training:
             return batch

@@ -416,11 +416,12 @@ def load_network(checkpoint: str | Path, device: str = "cpu") -> tuple[CLSTMUNet
     """The network and hyper-parameters of a :class:`~lightning_modules.clstm_unet.module.CLSTMUNet`
     checkpoint."""
     from lightning_modules.clstm_unet.module import CLSTMUNet
+    from lightning_modules.common.checkpoints import load_module
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    module = CLSTMUNet.load_from_checkpoint(str(path), map_location=device, weights_only=False)
+    module = load_module(CLSTMUNet, path, map_location=device)
     return module.net.eval(), dict(module.hparams)
 
 

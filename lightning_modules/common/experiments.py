@@ -18,6 +18,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_modules.common.checkpoints import safe_loading
+
 
 @dataclass
 class Row:
@@ -45,7 +47,10 @@ def run_row(row: Row, common_args: Sequence[str], fit: bool = True) -> dict[str,
     if fit:
         cli = main(["fit", *args])
         ckpt = best_checkpoint(cli.trainer)
-        results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=False)
+        with safe_loading():
+            results = cli.trainer.test(
+                cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True
+            )
     else:
         cli = main(["test", *args])
         results = [dict(cli.trainer.callback_metrics)]

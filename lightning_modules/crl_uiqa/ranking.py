@@ -157,6 +157,7 @@ def rank_clip(
 
 def load_scorer(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A trained :class:`~.module.CRLUIQA` from its Lightning checkpoint, in ``eval`` mode on ``device``."""
+    from lightning_modules.common.checkpoints import load_module
     from lightning_modules.crl_uiqa.module import CRLUIQA
 
     path = Path(checkpoint)
@@ -164,10 +165,10 @@ def load_scorer(checkpoint: str | os.PathLike, device: str | torch.device = "cpu
         raise FileNotFoundError(f"checkpoint not found: {path}")
     # The weights come from the checkpoint: the files that initialised training (backbone weights, embedding
     # model) are not needed, and may no longer exist, to score.
-    model = CRLUIQA.load_from_checkpoint(
+    model = load_module(
+        CRLUIQA,
         path,
         map_location=device,
-        weights_only=False,
         pretrained_path=None,
         embedding="random",
         init_from_embedding=False,

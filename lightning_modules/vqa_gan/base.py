@@ -92,10 +92,15 @@ class QualityAnomalyModule(LightningModule):
         image_size, in_channels: frame size and channels (linked from the DataModule).
         use_zoom: crop clips with the frozen zoom-in module (False = the paper's no-zoom ablation).
         zoom_checkpoint: a ZoomInPretrainer checkpoint (``lightning fit --config configs/zoom.yaml``
-            writes ``checkpoints/zoom/best.ckpt``) or a ``ZoomIn`` state dict. Loaded when a run starts
-            unless the zoom already holds pretrained weights (a ``ckpt_path`` of this model restores
-            them, so the zoom file is not needed then). ``use_zoom`` without weights is an error (never
-            an untrained zoom).
+            writes ``runs/sonolab-zoom/<run>/checkpoints/best.ckpt``), a ``ZoomIn`` state dict, or
+            ``auto``: ``lightning fit`` pretrains the zoom-in on this run's data first (with the configs
+            of ``zoom_pretraining``) unless it did so before for the same data, and uses that
+            checkpoint. Loaded when a run starts unless the zoom already holds pretrained weights (a
+            ``ckpt_path`` of this model restores them, so the zoom file is not needed then).
+            ``use_zoom`` without weights is an error (never an untrained zoom).
+        zoom_pretraining: the config files ``zoom_checkpoint: auto`` pretrains with (default
+            ``[configs/zoom.yaml]``; relative paths are looked up in the working directory, then in
+            the sonolab checkout).
         zoom_s_min, zoom_localizer_size: must match the zoom checkpoint (checked when it has hparams).
         zoom_frame_index: the frame the crop is predicted from (-1: the freeze frame).
         normal_label: the label of the normal class (with quality 1).
@@ -110,6 +115,7 @@ class QualityAnomalyModule(LightningModule):
         in_channels: int,
         use_zoom: bool,
         zoom_checkpoint: str | None,
+        zoom_pretraining: list[str] | None,
         zoom_s_min: float,
         zoom_localizer_size: int | None,
         zoom_frame_index: int,
@@ -129,6 +135,7 @@ class QualityAnomalyModule(LightningModule):
         self.normal_label = normal_label
         self.use_zoom = bool(use_zoom)
         self.zoom_checkpoint = zoom_checkpoint
+        self.zoom_pretraining = list(zoom_pretraining or ["configs/zoom.yaml"])
         self.zoom_frame_index = int(zoom_frame_index)
         self.zoom: ZoomIn | None = None
         if self.use_zoom:
@@ -158,13 +165,19 @@ class QualityAnomalyModule(LightningModule):
     def load_zoom(self, path: str | Path) -> None:
         """Load pretrained zoom-in weights, checking that the crop parametrisation matches."""
         assert self.zoom is not None
+        if str(path) == "auto":
+            raise FileNotFoundError(
+                "zoom_checkpoint: auto is resolved by `lightning fit` (it pretrains the zoom-in first); "
+                "this run has no pretrained zoom-in. Give --ckpt_path of a trained model (it holds its "
+                "zoom-in), --model.init_args.zoom_checkpoint=PATH, or --model.init_args.use_zoom=false"
+            )
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"zoom-in checkpoint {path} not found. Pretrain the zoom-in first: "
-                "`lightning fit --config configs/zoom.yaml` writes checkpoints/zoom/best.ckpt; or pass "
-                "--model.init_args.zoom_checkpoint=PATH; or --model.init_args.use_zoom=false for the "
-                "no-zoom ablation"
+                f"zoom-in checkpoint {path} not found. Pretrain the zoom-in first "
+                "(`lightning fit --config configs/zoom.yaml` writes runs/sonolab-zoom/<run>/checkpoints/"
+                "best.ckpt), or set --model.init_args.zoom_checkpoint=auto to have `lightning fit` do it; "
+                "or --model.init_args.use_zoom=false for the no-zoom ablation"
             )
         hp = zoom_hparams_from_checkpoint(path)
         if "s_min" in hp and not math.isclose(float(hp["s_min"]), self.zoom.s_min):
@@ -213,10 +226,9 @@ class QualityAnomalyModule(LightningModule):
             return
         if self.zoom_checkpoint is None:
             raise ValueError(
-                "use_zoom is true but no zoom_checkpoint is given. Pretrain the zoom-in first "
-                "(`lightning fit --config configs/zoom.yaml`, then "
-                "--model.init_args.zoom_checkpoint=checkpoints/zoom/best.ckpt), or set "
-                "--model.init_args.use_zoom=false for the no-zoom ablation"
+                "use_zoom is true but no zoom_checkpoint is given: set --model.init_args.zoom_checkpoint="
+                "auto (pretrains it first), or a zoom-in checkpoint PATH (`lightning fit --config "
+                "configs/zoom.yaml` writes one), or --model.init_args.use_zoom=false for the no-zoom ablation"
             )
         self.load_zoom(self.zoom_checkpoint)
 

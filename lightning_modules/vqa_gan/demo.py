@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from callbacks.vqa_plots import group_names
+from lightning_modules.common.checkpoints import safe_loading
 from lightning_modules.common.experiments import best_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     trainer = cli.trainer
     ckpt = best_checkpoint(trainer)
     print(f"\n$ (test) lightning test {' '.join(vqa)} --ckpt_path {ckpt}", flush=True)
-    results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=False)
+    with safe_loading():
+        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in results[0].items()}
     run_dir = Path(ckpt).parent.parent if ckpt else Path(trainer.default_root_dir)
     wandb_dir = Path(wandb.run.dir).parent if wandb.run is not None else None

@@ -126,7 +126,8 @@ class VideoQualityGAN(QualityAnomalyModule):
         pool_size: int = 50,
         init_std: float = 0.02,
         use_zoom: bool = True,
-        zoom_checkpoint: str | None = "checkpoints/zoom/best.ckpt",
+        zoom_checkpoint: str | None = "auto",
+        zoom_pretraining: list[str] | None = None,
         zoom_s_min: float = 0.25,
         zoom_localizer_size: int | None = None,
         zoom_frame_index: int = -1,
@@ -138,6 +139,7 @@ class VideoQualityGAN(QualityAnomalyModule):
             in_channels=in_channels,
             use_zoom=use_zoom,
             zoom_checkpoint=zoom_checkpoint,
+            zoom_pretraining=zoom_pretraining,
             zoom_s_min=zoom_s_min,
             zoom_localizer_size=zoom_localizer_size,
             zoom_frame_index=zoom_frame_index,
@@ -292,7 +294,8 @@ class VideoQualityGAN(QualityAnomalyModule):
         )
         return d_video, d_feature
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """One G step then one D step; returns every loss term (detached), e.g. for the non-finite guard."""
         opt_g, opt_d = self.optimizers()
         inp = self.inputs(batch, with_gaze=True)
         x = inp["video"]
@@ -329,10 +332,24 @@ class VideoQualityGAN(QualityAnomalyModule):
         self.log(
             "train/d", loss_d.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0]
         )
+        return logs
 
     def on_train_epoch_end(self) -> None:
         for scheduler in self.lr_schedulers():
             scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The fake-history pools change what D sees next: a resumed run needs them as they were."""
+        checkpoint["history_pools"] = {
+            "video": self.video_pool.state_dict(),
+            "feature": self.feature_pool.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pools = checkpoint.get("history_pools")
+        if pools is not None:
+            self.video_pool.load_state_dict(pools["video"])
+            self.feature_pool.load_state_dict(pools["feature"])
 
     # ------------------------------------------------------------------------------------ scores
     def scores_from_inputs(self, x: Tensor, flow: Tensor | None) -> dict[str, Tensor]:

@@ -7,6 +7,8 @@ discriminator (videos for D_V, features for D_F).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -39,6 +41,24 @@ class HistoryPool:
 
     def reset(self) -> None:
         self.items, self.count = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored items (on the CPU) and how many are filled; tensors only, for weights-only loading."""
+        items = None if self.items is None else self.items[: self.count].detach().cpu().clone()
+        return {"size": self.size, "count": self.count, "items": items}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["size"]) != self.size:
+            raise ValueError(
+                f"the checkpoint's history pool holds {state['size']} items, this model's {self.size}"
+            )
+        items = state["items"]
+        self.count = int(state["count"])
+        if items is None:
+            self.items = None
+            return
+        self.items = torch.empty((self.size, *items.shape[1:]), dtype=items.dtype)
+        self.items[: self.count] = items
 
     @torch.no_grad()
     def query(self, batch: Tensor) -> Tensor:

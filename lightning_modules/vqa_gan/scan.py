@@ -38,13 +38,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 import yaml
 from lightning.pytorch import Trainer
 
 from callbacks.predictions import columns_to_rows, write_csv_atomic
 from datamodules.clips import ClipItem, VideoClipDataModule, anchored_indices
 from datamodules.manifest import Manifests
+from lightning_modules.common.checkpoints import load_checkpoint, load_module
 
 from .base import QualityAnomalyModule
 
@@ -97,15 +97,17 @@ def load_quality_model(checkpoint: str | Path) -> QualityAnomalyModule:
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    class_path = ckpt.get("hyper_parameters", {}).get(
-        "_class_path", "lightning_modules.vqa_gan.module.VideoQualityGAN"
-    )
+    ckpt = load_checkpoint(checkpoint)
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    class_path = str(hparams.get("_class_path", "lightning_modules.vqa_gan.module.VideoQualityGAN"))
     module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not issubclass(cls, QualityAnomalyModule):
+    # import nothing the file names outside sonolab's models: importing a module runs its code
+    if not module_name.startswith("lightning_modules.vqa_gan."):
         raise ValueError(f"{checkpoint} holds a {class_path}, not a VQA quality model")
-    return cls.load_from_checkpoint(checkpoint, map_location="cpu")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, QualityAnomalyModule)):
+        raise ValueError(f"{checkpoint} holds a {class_path}, not a VQA quality model")
+    return load_module(cls, checkpoint, map_location="cpu")
 
 
 def run_config(checkpoint: Path) -> dict[str, Any]:

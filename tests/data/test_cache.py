@@ -248,3 +248,130 @@ def test_view_pickles(dataset, tmp_path):
     np.testing.assert_array_equal(clone.frames("b0"), first)
     np.testing.assert_array_equal(clone.flow("a1"), view.flow("a1"))
     assert not clone.frames("b0").flags.writeable
+
+
+# ------------------------------------------------------------------ faults of issue 12 (docs/faults.md)
+def _kill_after(dataset, tmp_path, n_items):
+    """Run a build in a subprocess that is SIGKILLed while computing item ``n_items + 1``."""
+    root, _ = dataset
+    specs = _many_specs(dataset)
+    cfg = {
+        "root": str(tmp_path),
+        "fp": _fp(root),
+        "specs": [[s.item_id, str(s.video), list(s.frame_indices)] for s in specs],
+    }
+    script = _KILLER.replace("len(done) == 3", f"len(done) == {n_items}")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cfg)], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    return ClipCache(tmp_path, cfg["fp"], PARAMS, specs), specs
+
+
+def test_killed_build_resumes_with_its_finished_clips(dataset, tmp_path, monkeypatch):
+    """Killed while computing the 6th of 12 clips: the next build computes only the 7 not finished (the
+    6th was half-written, so it is computed again) and the cache equals a fresh build."""
+    import datamodules.cache as C
+
+    cache, specs = _kill_after(dataset, tmp_path, 5)
+    (stale,) = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert len((stale / "done.txt").read_text().splitlines()) == 5
+    computed = []
+    compute = C._compute_item
+    monkeypatch.setattr(
+        C, "_compute_item", lambda r, spec, p: computed.append(spec.item_id) or compute(r, spec, p)
+    )
+    cache.build(progress=False)
+    assert len(computed) == 7 and cache.is_complete()
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path.name]
+    assert sorted(p.name for p in cache.path.iterdir()) == [
+        "COMPLETE",
+        "flow.npy",
+        "frames.npy",
+        "index.json",
+        "params.json",
+    ]
+    monkeypatch.setattr(C, "_compute_item", compute)
+    fresh = ClipCache(tmp_path / "fresh", cache.fingerprint, PARAMS, specs)
+    fresh.build(progress=False)
+    resumed, full = cache.open(), fresh.open()
+    for s in specs:
+        np.testing.assert_array_equal(resumed.frames(s.item_id), full.frames(s.item_id))
+        np.testing.assert_array_equal(resumed.flow(s.item_id), full.flow(s.item_id))
+
+
+def test_half_written_journal_line_is_not_trusted(dataset, tmp_path, monkeypatch):
+    """A journal line cut by the kill (no newline) does not count: that clip is computed again."""
+    import datamodules.cache as C
+
+    cache, _ = _kill_after(dataset, tmp_path, 4)
+    (stale,) = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    finished = (stale / "done.txt").read_text().splitlines()
+    cut = next(f"m{i}" for i in range(12) if f"m{i}" not in finished)
+    assert len(finished) == 4
+    with open(stale / "done.txt", "a") as fh:
+        fh.write(cut)  # the id of the clip being written, cut before its newline
+    computed, compute = [], C._compute_item
+    monkeypatch.setattr(C, "_compute_item", lambda r, s, p: computed.append(s.item_id) or compute(r, s, p))
+    cache.build(progress=False)
+    assert len(computed) == 8 and cut in computed and cache.is_complete()
+
+
+def test_failed_build_in_a_live_process_is_resumed(dataset, tmp_path, monkeypatch):
+    """An exception (an unreadable clip, Ctrl-C) keeps the finished clips for the next build of this process."""
+    import datamodules.cache as C
+
+    root, _ = dataset
+    specs = _many_specs(dataset)
+    cache = ClipCache(tmp_path, _fp(root), PARAMS, specs)
+    compute, calls = C._compute_item, []
+
+    def failing(reader, spec, params):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(spec.item_id)
+        return compute(reader, spec, params)
+
+    monkeypatch.setattr(C, "_compute_item", failing)
+    with pytest.raises(KeyboardInterrupt):
+        cache.build(progress=False)
+    (kept,) = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert (kept / "ABANDONED").exists()
+    calls.clear()
+    monkeypatch.setattr(C, "_compute_item", lambda r, s, p: calls.append(s.item_id) or compute(r, s, p))
+    cache.build(progress=False)
+    assert len(calls) == 9 and cache.is_complete()
+
+
+def test_read_only_cache_folder_is_a_clear_error(dataset, tmp_path, monkeypatch):
+    """EROFS (a read-only mount; as root chmod does not stop writes, so mkdir is made to fail)."""
+    import errno
+    import pathlib
+
+    root, specs = dataset
+    cache = ClipCache(tmp_path / "ro" / "cache", _fp(root), PARAMS, specs[:1])
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    with pytest.raises(
+        CacheError, match=r"cannot write the clip cache in .*ro/cache \(Read-only file system"
+    ) as e:
+        cache.build(progress=False)
+    assert "set SONOLAB_CACHE (or data.init_args.cache_dir) to a folder you can write" in str(e.value)
+
+
+def test_full_disk_is_a_clear_error(dataset, tmp_path, monkeypatch):
+    import errno
+
+    import datamodules.cache as C
+
+    root, specs = dataset
+    cache = ClipCache(tmp_path, _fp(root), PARAMS, specs[:2])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "_compute_item", full)
+    with pytest.raises(CacheError, match=r"No space left on device.*the disk is full: free space there"):
+        cache.build(progress=False)
+    assert not cache.is_complete()

@@ -251,3 +251,8 @@ def test_manifests_fps(tmp_path):
     assert m.fps("s3") == pytest.approx(8.0)
     with pytest.raises(KeyError):
         m.fps("nope")
+
+
+def test_resolve_path_of_an_unknown_user_stays_as_written(tmp_path):
+    """Found by tests/faults/test_properties.py: ``~0`` (no such user) raised RuntimeError from expanduser."""
+    assert resolve_path(tmp_path, "~no_such_user_x9") == tmp_path / "~no_such_user_x9"

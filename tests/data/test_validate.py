@@ -543,3 +543,109 @@ def test_cli_as_module(ds):
     )
     assert proc.returncode == 1, proc.stderr
     assert "error: images.csv:2: image: image file not found: images/a.png" in proc.stdout
+
+
+# ------------------------------------------------------------------ faults of issue 12 (docs/faults.md)
+def test_nan_audio_is_an_error_naming_the_sample(ds):
+    """A float WAV with NaN samples would make every log-mel feature of the scan NaN (peaks used nanmax)."""
+    wav = (0.1 * np.sin(np.arange(3 * SR) / 10)).astype(np.float32)
+    wav[100:110] = np.nan
+    sf.write(str(ds / "audio" / "s1.wav"), wav, SR, subtype="FLOAT")
+    report = check(ds)
+    p = assert_only_error(report, "scans.csv", 2, "audio", "audio/s1.wav: 10 samples of 24000 are NaN")
+    assert "first at sample 100, 0.01 s" in p.message and "re-export the audio" in p.message
+
+
+def test_float_audio_peaking_far_above_one_is_a_warning(ds):
+    sf.write(str(ds / "audio" / "s1.wav"), np.full(3 * SR, 50.0, np.float32), SR, subtype="FLOAT")
+    report = check(ds)
+    assert report.ok, report.format()
+    p = find(report.warnings, "scans.csv", 2, "audio")
+    assert "float samples peak at 50, outside [-1, 1]" in p.message and "rescale" in p.message
+
+
+def test_empty_val_split_is_an_error(ds):
+    for line in (4, 5):  # c3, c4: the val clips
+        set_cell(ds, "clips.csv", line, "split", "test")
+    set_cell(ds, "scans.csv", 3, "split", "test")  # s2
+    report = check(ds)
+    p = assert_only_error(report, "clips.csv", None, "split", "the 'val' split has no valid clip or scan")
+    assert "(valid rows per split: test 4, train 2)" in p.message and "--splits test" in p.message
+    assert len(report.errors) == 1
+    with pytest.raises(DatasetValidationError, match="'val' split has no valid clip"):
+        load_dataset(ds, require=ALL)
+    assert check(ds, splits="train,test").ok  # a dataset meant for testing only
+    assert main([str(ds), "--splits", "train"]) == 0
+
+
+def test_empty_train_split_of_images_is_an_error(ds):
+    for line in (2, 3):
+        set_cell(ds, "images.csv", line, "split", "val")
+    p = assert_only_error(
+        check(ds), "images.csv", None, "split", "the 'train' split has no valid role-'train'"
+    )
+    assert "--splits test" in p.message
+
+
+def test_split_emptied_by_skip_invalid_is_an_error(ds):
+    """Rows with errors explain an empty split; skipping them must not leave fit without val data."""
+    (ds / "videos" / "s2.avi").unlink()  # the only val scan
+    report = check(ds)
+    assert all(p.column != "split" for p in report.errors), report.format()  # the row errors say why
+    with pytest.raises(DatasetValidationError, match=r"'val' split has no valid clip.*after skipping"):
+        load_dataset(ds, require=ALL, skip_invalid=True)
+
+
+def test_gaze_twice_as_long_as_the_video_is_a_warning(ds):
+    write_csv(ds / "gaze" / "s1.csv", ["time_s", "x", "y"], gaze_rows(seconds=6.0))
+    report = check(ds)
+    assert report.ok, report.format()
+    p = find(report.warnings, "scans.csv", 2, "gaze")
+    assert "gaze runs to 5.95 s but the video is 3.00 s (2.0x)" in p.message
+    assert "wrong gaze file or fps" in p.message
+
+
+def test_gaze_in_milliseconds_is_an_error_not_a_dropout_warning(ds):
+    rows = gaze_rows()
+    for r in rows:
+        r[0] = f"{float(r[0]) * 1000:g}"
+    write_csv(ds / "gaze" / "s1.csv", ["time_s", "x", "y"], rows)
+    report = check(ds)
+    p = assert_only_error(report, "scans.csv", 2, "gaze", "time_s looks like milliseconds")
+    assert "last sample is at 2950" in p.message and "divide by 1000" in p.message
+    assert not any("drop-out" in w.message for w in report.warnings), report.format()
+
+
+@pytest.mark.parametrize("how", ["relative", "absolute"])
+def test_path_outside_the_dataset_is_never_quoted(ds, tmp_path, how):
+    """``../../etc/passwd`` as a gaze file: rejected without echoing a byte of it."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("root:SECRET:0:0,line\nSECRET2,1,2\n")
+    written = "../secret.csv" if how == "relative" else str(secret)
+    set_cell(ds, "scans.csv", 2, "gaze", written)
+    report = check(ds)
+    p = find(report.errors, "scans.csv", 2, "gaze")
+    assert "missing columns 'time_s', 'x', 'y'" in p.message and "not shown" in p.message
+    assert "SECRET" not in report.format()
+    # a file inside the dataset is quoted, to help fix it
+    (ds / "gaze" / "s2.csv").write_text("t,x,y\n0,0.5,0.5\n")
+    assert "(found t, x, y)" in find(check(ds).errors, "scans.csv", 3, "gaze").message
+
+
+def test_outside_gaze_with_bad_cells_is_not_quoted(ds, tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_text("time_s,x,y\n0,SECRET,0.5\n")
+    set_cell(ds, "scans.csv", 2, "gaze", str(secret))
+    report = check(ds)
+    assert "x: not a number" in find(report.errors, "scans.csv", 2, "gaze").message
+    assert "SECRET" not in report.format()
+
+
+def test_unknown_require_or_split_option_is_a_usage_error(ds, capsys):
+    for option in (["--splits", "train,bogus"], ["--require", "scans,videos"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(ds), *option])
+        assert exit_info.value.code == 2
+        assert "bogus" in capsys.readouterr().err or "videos" in option[1]
+    with pytest.raises(ValueError, match=r"unknown split\(s\): bogus \(allowed: train, val, test\)"):
+        validate_dataset(ds, splits="bogus")
