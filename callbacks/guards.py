@@ -63,6 +63,7 @@ class NonFiniteGuard(Callback):
         self.max_skips = int(max_skips)
         self.skipped = 0
         self._bad_losses: list[float] = []
+        self._skip = False
 
     @property
     def state_key(self) -> str:
@@ -78,6 +79,7 @@ class NonFiniteGuard(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._bad_losses = []
+        self._skip = False
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
         value = float(loss.detach().float())
@@ -87,8 +89,11 @@ class NonFiniteGuard(Callback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        if not self._bad_losses:
+        # every DDP process decides alike (one non-finite loss anywhere skips the step everywhere), so no
+        # process stops or steps alone and leaves the others waiting
+        if not trainer.strategy.reduce_boolean_decision(bool(self._bad_losses), all=False):
             return
+        self._skip = True
         # torch optimisers skip parameters without a gradient: the step becomes a no-op, moments included
         for group in optimizer.param_groups:
             for param in group["params"]:
@@ -97,9 +102,11 @@ class NonFiniteGuard(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._bad_losses:
+        if not (self._skip or self._bad_losses):
             return
-        terms = _non_finite_terms(outputs) or {"loss": self._bad_losses[0]}
+        terms = _non_finite_terms(outputs) or (
+            {"loss": self._bad_losses[0]} if self._bad_losses else {"loss (in another process)": math.nan}
+        )
         named = ", ".join(f"{name} = {value}" for name, value in terms.items())
         where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}, batch {batch_idx}"
         if self.action == "skip" and self.skipped < self.max_skips:

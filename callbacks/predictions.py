@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from tqdm import tqdm
 
-from lightning_modules.cli import run_directory
+from lightning_modules.common.runs import run_directory
 
 
 def columns_to_rows(columns: Mapping[str, Any]) -> list[dict[str, Any]]:

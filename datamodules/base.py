@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cache import CacheView, ClipCache, dataset_fingerprint
+from datamodules.errors import DataError
 from datamodules.manifest import Manifests
 from datamodules.readers import worker_init
 from datamodules.synthetic import ensure_dataset
@@ -180,7 +181,10 @@ class SonoDataModule(LightningDataModule):
         dataset = self.datasets[split]
         batch_size = self.per_device_batch_size()
         if len(dataset) == 0:
-            raise ValueError(f"the {split} split of {self.root} is empty after filtering")
+            raise DataError(
+                f"the {split} split of {self.root} is empty after filtering: check the split column of the "
+                "manifests and the DataModule's filters (train_filter / eval_filter)"
+            )
         if drop_last and len(dataset) < batch_size * self.world_size():
             drop_last = False
         return DataLoader(

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import ImageSize, SonoDataModule, to_unit_range
 from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
+from datamodules.errors import DataError
 
 log = logging.getLogger("sonolab.data")
 
@@ -115,7 +116,7 @@ class BoxFrameDataModule(SonoDataModule):
             )
             items[split].append(item)
         if unsplit:
-            raise ValueError(
+            raise DataError(
                 f"boxes.csv names scans with no split (give scans.csv a split column): {', '.join(sorted(unsplit))}"
             )
         view = self.open_cache()

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import ImageSize, SonoDataModule, check_choice, to_unit_range
 from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
+from datamodules.errors import DataError
 from datamodules.flow import FlowParams
 from datamodules.manifest import ClipRecord, Manifests
 from datamodules.readers import LogMel, fixations_for_frames, gaze_maps, load_audio, load_gaze
@@ -290,7 +291,7 @@ class VideoClipDataModule(SonoDataModule):
         if problems:
             message = "\n".join(problems)
             if not self.skip_invalid:
-                raise ValueError(f"{len(problems)} clip(s) in {self.root} cannot be sampled:\n{message}")
+                raise DataError(f"{len(problems)} clip(s) in {self.root} cannot be sampled:\n{message}")
             log.warning("skipping %d clip(s) that cannot be sampled:\n%s", len(problems), message)
         if self.train_fraction < 1.0:
             items["train"] = stratified_subset(items["train"], self.train_fraction, self.subset_seed)

@@ -19,11 +19,15 @@ mode, so ``${...}`` interpolation works across stacked configs and overrides. On
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import netrc
 import os
 import secrets
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +54,22 @@ __all__ = ["RunIdentity", "SonolabCLI", "main", "run", "run_directory"]
 
 WANDB_HOST = "api.wandb.ai"
 DEFAULT_ROOT = "runs"
+RUN_ID_ENV = "SONOLAB_RUN_ID"
 RUN_REFERENCE = "last:"  # a model argument `last:<project>` names the newest run of that project
 # the model settings a checkpoint must be re-run with (data shapes are linked into the model)
 _SHAPE_KEYS = ("data.init_args.image_size", "data.init_args.channels")
+# where a model's initial weights come from: a checkpoint restores every weight, so these may differ
+_WEIGHT_SOURCES = (
+    "zoom_checkpoint",
+    "zoom_pretraining",
+    "pretrained",
+    "pretrained_path",
+    "weights_file",
+    "weights_path",
+    "audio_weights",
+    "video_weights",
+    "image_weights",
+)
 
 
 def has_wandb_key() -> bool:
@@ -118,7 +135,71 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _model_settings(config: dict[str, Any]) -> dict[str, Any]:
     flat = _flatten({"model": config.get("model"), "data": config.get("data")})
-    return {k: v for k, v in flat.items() if k.startswith("model.") or k in _SHAPE_KEYS}
+    return {
+        k: v
+        for k, v in flat.items()
+        if (k.startswith("model.") and k.rsplit(".", 1)[-1] not in _WEIGHT_SOURCES) or k in _SHAPE_KEYS
+    }
+
+
+def _process_rank() -> int:
+    """This process's rank in a multi-process launch (0 for a single process or the launching one)."""
+    ranks = [int(os.environ[v]) for v in ("RANK", "LOCAL_RANK") if os.environ.get(v, "").isdigit()]
+    return max(ranks, default=0)
+
+
+@contextlib.contextmanager
+def _shared_run_id(run_id: str) -> Iterator[None]:
+    """Hand the run id to the processes Lightning launches for DDP (they re-run this command)."""
+    previous = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = run_id
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = previous
+
+
+def _run_named_in(argv: list[str]) -> Path | None:
+    """The run folder of a ``--ckpt_path`` given on the command line, if it is a checkpoint of a run."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else None
+        if arg.startswith("--ckpt_path="):
+            value = arg.split("=", 1)[1]
+        if value and Path(value).is_file():
+            return run_of_checkpoint(value)
+    return None
+
+
+def _with_saved_config(argv: list[str], run_dir: Path) -> list[str]:
+    """``argv`` with the run's ``config.yaml`` as the first config, right after the subcommand."""
+    at = next((i + 1 for i, a in enumerate(argv) if not a.startswith("-")), 0)
+    return [*argv[:at], "--config", str(run_dir / CONFIG_NAME), *argv[at:]]
+
+
+def check_writable(root: Path) -> None:
+    """Stop before anything starts when the run root cannot be written (a read-only mount, a file in the
+    way): otherwise the first checkpoint save fails hours in, and W&B quietly logs to a temporary folder."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(existing))
+        probe = existing / f".sonolab-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(
+            f"cannot write the run folder under {root} ({error.strerror or error}: {existing}): set "
+            "--trainer.default_root_dir to a folder you can write"
+        ) from error
+
+
+def _weights_only(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**kwargs, "weights_only": True if kwargs.get("weights_only") is None else kwargs["weights_only"]}
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -200,12 +281,18 @@ class SonolabCLI(LightningCLI):
 
     # ------------------------------------------------------------------------------- parsing
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        # a checkpoint inside a run folder: that run's config.yaml is parsed first (so it may be all there is)
+        early_run = _run_named_in(argv)
+        if early_run is not None:
+            self.config = parser.parse_args(_with_saved_config(argv, early_run))
+        else:
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         cfg = self.config[subcommand]
-        root = Path(cfg.trainer.get("default_root_dir") or DEFAULT_ROOT)
+        root = Path(cfg.trainer.get("default_root_dir") or DEFAULT_ROOT).absolute()
         project = _logger_project(cfg)
         ckpt = cfg.get("ckpt_path")
         run_dir: Path | None = None
@@ -223,11 +310,23 @@ class SonolabCLI(LightningCLI):
                 raise RunError(f"--ckpt_path {ckpt}: no such file")
             run_dir = run_of_checkpoint(ckpt)
         if run_dir is not None:
-            self._reparse_on_saved_config(parser, args, subcommand, run_dir)
+            if run_dir != early_run:  # `last`, or a ckpt_path given inside a --config file
+                ckpt_arg = f"--ckpt_path={cfg.ckpt_path}"
+                self.config = parser.parse_args(_with_saved_config([*argv, ckpt_arg], run_dir))
+            self._check_model_matches(parser, subcommand, run_dir)
             cfg = self.config[subcommand]
             self.identity = RunIdentity(
                 run_dir.name, run_dir.parent.parent, run_dir.parent.name, continues=True
             )
+        elif _process_rank() > 0:
+            # one process of a multi-process launch: the run (and seed) of rank 0
+            run_id = os.environ.get(RUN_ID_ENV) or cfg.get("run_id")
+            if not run_id:
+                raise RunError(
+                    f"this is process {_process_rank()} of a multi-process launch (torchrun, srun) and has no run "
+                    "id from rank 0: give --run_id NAME (and --seed_everything=N) so every process joins one run"
+                )
+            self.identity = RunIdentity(run_id, root, project)
         else:
             run_id = cfg.get("run_id") or new_run_id()
             self.identity = RunIdentity(run_id, root, project)
@@ -237,9 +336,19 @@ class SonolabCLI(LightningCLI):
                     f"run with --ckpt_path {self.identity.folder / 'checkpoints' / LAST_NAME}"
                 )
         self._resolve_run_references(cfg)
+        check_writable(self.identity.root)
         if cfg.get("seed_everything") is True:
-            # Lightning's seed_everything() without a seed uses 0; a drawn seed makes repeats independent
-            cfg.seed_everything = secrets.randbelow(2**31 - 1)
+            # Lightning's seed_everything() without a seed uses 0; a drawn seed makes repeats independent.
+            # Processes Lightning launches for DDP inherit rank 0's seed (PL_GLOBAL_SEED) and must use it.
+            if _process_rank() > 0:
+                if "PL_GLOBAL_SEED" not in os.environ:
+                    raise RunError(
+                        f"this is process {_process_rank()} of a multi-process launch (torchrun, srun): give "
+                        "--seed_everything=N so every process draws the same data order"
+                    )
+                cfg.seed_everything = int(os.environ["PL_GLOBAL_SEED"])
+            else:
+                cfg.seed_everything = secrets.randbelow(2**31 - 1)
 
     def _resolve_run_references(self, cfg: Any) -> None:
         """``model.init_args.X: last:<project>`` = the ``last.ckpt`` of the newest run of that project under
@@ -256,14 +365,9 @@ class SonolabCLI(LightningCLI):
                     )
                 init[key] = str(run_dir / "checkpoints" / LAST_NAME)
 
-    def _reparse_on_saved_config(self, parser: Any, args: Any, subcommand: str, run_dir: Path) -> None:
-        """Parse again with the run's saved config first, then refuse model settings that differ from it."""
+    def _check_model_matches(self, parser: Any, subcommand: str, run_dir: Path) -> None:
+        """Refuse model settings that differ from the run's saved config (names every differing key)."""
         saved_path = run_dir / CONFIG_NAME
-        argv = list(sys.argv[1:] if args is None else args)
-        at = argv.index(subcommand) + 1 if subcommand in argv else 0
-        ckpt = str(self.config[subcommand].ckpt_path)
-        argv = [*argv[:at], "--config", str(saved_path), *argv[at:], f"--ckpt_path={ckpt}"]
-        self.config = parser.parse_args(argv)
         saved = yaml.safe_load(saved_path.read_text()) or {}
         final = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
         before, after = _model_settings(saved), _model_settings(final)
@@ -292,7 +396,7 @@ class SonolabCLI(LightningCLI):
         folder = identity.folder
         # the saved config keeps what the user gave (root, logger), not this run's folder and id
         self.save_config_kwargs["restore"] = {
-            "trainer.default_root_dir": str(identity.root),
+            "trainer.default_root_dir": cfg.trainer.get("default_root_dir"),
             "trainer.logger": copy.deepcopy(cfg.trainer.get("logger")),
         }
         cfg.trainer.default_root_dir = str(folder)
@@ -324,6 +428,46 @@ class SonolabCLI(LightningCLI):
         return trainer
 
     # ------------------------------------------------------------------------------- running
+    # `--ckpt_path` files are read with weights_only=True (never unpickling code) unless the user gives
+    # --weights_only=false for a checkpoint they trust. The processes a DDP launch starts inherit the run id.
+    def fit(self, **kwargs: Any) -> None:
+        self._call(self.trainer.fit, kwargs)
+
+    def validate(self, **kwargs: Any) -> None:
+        self._call(self.trainer.validate, kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        self._call(self.trainer.test, kwargs)
+
+    def predict(self, **kwargs: Any) -> None:
+        self._call(self.trainer.predict, kwargs)
+
+    def _call(self, method: Any, kwargs: dict[str, Any]) -> None:
+        try:
+            with _shared_run_id(self.identity.run_id):
+                method(**_weights_only(kwargs))
+        except BaseException:
+            self._forget_failed_start()
+            raise
+
+    def _forget_failed_start(self) -> None:
+        """A new run that failed before it started (bad data, a missing file: nothing saved yet) leaves no
+        folder behind; Lightning creates the W&B run before any setup code can fail."""
+        saver = next((c for c in self.trainer.callbacks if isinstance(c, RunConfigSaver)), None)
+        folder = self.identity.folder
+        if self.identity.continues or (saver is not None and saver.saved_to is not None):
+            return
+        if not self.trainer.is_global_zero or not folder.is_dir() or (folder / "checkpoints").exists():
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # the project and root folders, if now empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
     def before_fit(self) -> None:
         from lightning_modules.vqa_gan.auto_zoom import resolve_auto_zoom
 

@@ -14,3 +14,12 @@ def tiny_data(root: Path, batch_size: int = 4) -> list[str]:
         f"--data.init_args.batch_size={batch_size}",
         "--data.init_args.num_workers=0",
     ]
+
+
+def last_checkpoint(trainer) -> str:
+    """The run's last.ckpt (written by the LastCheckpoint callback every run has), or '' when none was saved."""
+    from callbacks.checkpoints import LastCheckpoint
+
+    return next(
+        (c.last_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), ""
+    )

@@ -231,7 +231,8 @@ class CLSTMUNet(LightningModule):
         prior = centre_bias_map(H, W, self.centre_bias_sigma, device=like.device)
         return prior.expand(like.shape[0], 1, H, W)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """The KL-divergence loss, returned as ``{"loss", "kld"}`` so a non-finite value is named."""
         t, target, valid = self._target(batch)
         log_pred = self(batch["video"], t)
         loss = saliency_kld_loss(log_pred, target, valid)
@@ -244,7 +245,7 @@ class CLSTMUNet(LightningModule):
             sync_dist=True,
             batch_size=target.shape[0],
         )
-        return loss
+        return {"loss": loss, "kld": loss.detach()}
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> Tensor:
         t, target, valid = self._target(batch)

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-
+from callbacks.checkpoints import LastCheckpoint
 from lightning_modules.common.experiments import Row, format_table, overrides_from, run_row, table_arguments
 
 __all__ = [
@@ -112,14 +111,10 @@ def demo_rows(rows: Sequence[TableRow]) -> list[TableRow]:
 
 
 def latest_checkpoint(trainer: Any) -> str | None:
-    """The file of the monitor-less ModelCheckpoint (the latest epoch's weights).
-
-    Not ``last_model_path`` of a monitored one: Lightning's ``save_last`` refreshes ``last.ckpt`` only when
-    a top-k checkpoint is saved, so it holds the best epoch, not the last.
-    """
+    """The run's ``last.ckpt`` (the last completed epoch, written by every run: callbacks.checkpoints)."""
     for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.monitor is None and callback.best_model_path:
-            return callback.best_model_path if Path(callback.best_model_path).is_file() else None
+        if isinstance(callback, LastCheckpoint) and callback.last_model_path:
+            return callback.last_model_path if Path(callback.last_model_path).is_file() else None
     return None
 
 
@@ -136,10 +131,7 @@ def pretrain(variant: str, demo: bool, args: Sequence[str], out: Path) -> Path:
     cli = cli_main(["fit", *[a for c in configs for a in ("--config", c)], *args])
     last = latest_checkpoint(cli.trainer)
     if last is None:
-        raise RuntimeError(
-            f"pretraining {variant} left no latest checkpoint: configs/dualrep.yaml needs its ModelCheckpoint "
-            "without a monitor (filename: last)"
-        )
+        raise RuntimeError(f"pretraining {variant} left no last.ckpt (fast_dev_run, or max_epochs=0?)")
     target = out / "pretrained" / f"{variant}.ckpt"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(last, target)

@@ -26,7 +26,6 @@ from typing import Any
 
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_modules.common.runs import LAST_NAME, RunError
 
@@ -122,7 +121,7 @@ def resolve_auto_zoom(cli: Any) -> None:
     fast_dev_run = bool(cfg.trainer.get("fast_dev_run"))
     found = None if fast_dev_run else _finished(root, run_id)
     if found is not None:
-        rank_zero_info(f"zoom-in: using {found} (pretrained earlier for this data by zoom_checkpoint: auto)")
+        _say(f"zoom-in: using {found} (pretrained earlier for this data by zoom_checkpoint: auto)")
         model.zoom_checkpoint = str(found)
         return
     if _global_rank() != 0:
@@ -150,7 +149,7 @@ def resolve_auto_zoom(cli: Any) -> None:
     else:
         resumable = next(iter(root.glob(f"*/{run_id}/checkpoints/{LAST_NAME}")), None)
         args.append(f"--ckpt_path={resumable}" if resumable is not None else f"--run_id={run_id}")
-    rank_zero_info(
+    _say(
         "zoom-in: zoom_checkpoint is auto and no zoom-in was pretrained for this data yet, so it is "
         f"pretrained first:\n$ lightning {' '.join(args)}"
     )
@@ -167,7 +166,7 @@ def resolve_auto_zoom(cli: Any) -> None:
         model.zoom.load_state_dict(nested.model.zoom.state_dict())
         model.zoom.freeze()
         model.zoom_ready.fill_(True)
-        rank_zero_info("zoom-in: fast_dev_run, pretrained on one batch only (a wiring check, not saved)")
+        _say("zoom-in: fast_dev_run, pretrained on one batch only (a wiring check, not saved)")
         return
     folder = nested.identity.folder
     best = next(
@@ -182,8 +181,14 @@ def resolve_auto_zoom(cli: Any) -> None:
     (folder / MARKER).write_text(
         json.dumps({"checkpoint": str(checkpoint), "configs": [str(c) for c in configs]})
     )
-    rank_zero_info(f"zoom-in: pretrained, using {checkpoint}")
+    _say(f"zoom-in: pretrained, using {checkpoint}")
     model.zoom_checkpoint = str(checkpoint)
+
+
+def _say(message: str) -> None:
+    """A line the user must see (rank 0 only; this runs before the Trainer's own rank checks)."""
+    if _global_rank() == 0:
+        print(message, flush=True)
 
 
 def _finish_wandb() -> None:

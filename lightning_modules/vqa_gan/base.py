@@ -211,6 +211,10 @@ class QualityAnomalyModule(LightningModule):
             )
         if datamodule is not None:
             self.check_data(datamodule)
+        if self._trainer is not None and self.trainer.ckpt_path is None:
+            # no checkpoint will restore the zoom-in: load it now, so a missing file stops the run before it
+            # creates its folder or W&B run
+            self.ensure_zoom()
 
     def check_data(self, datamodule: Any) -> None:
         """Subclasses check the DataModule matches the model (frames, modalities)."""

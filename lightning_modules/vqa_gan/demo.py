@@ -2,10 +2,10 @@
 
 Runs, in this process, exactly these CLI commands (printed as they start):
 
-1. ``lightning fit --config configs/zoom.yaml --config configs/zoom/demo.yaml`` (pretrain the zoom-in on
-   ``boxes.csv``; skipped when ``checkpoints/zoom-demo/best.ckpt`` exists, say ``--retrain-zoom`` to redo it);
-2. ``lightning fit --config configs/vqa.yaml --config configs/vqa/demo.yaml`` (train the full model);
-3. ``test`` of the best checkpoint (threshold chosen on validation),
+1. ``lightning fit --config configs/vqa.yaml --config configs/vqa/demo.yaml``: train the full model. Its
+   ``zoom_checkpoint: auto`` first pretrains the zoom-in on ``boxes.csv`` (``configs/zoom.yaml`` +
+   ``configs/zoom/demo.yaml``) unless an earlier demo already did, and reuses it;
+2. ``test`` of the best checkpoint (threshold chosen on validation),
 
 then prints the metrics table, the mean score per clip label (the paper's Fig. 3), and where the
 checkpoints, figures and the offline W&B run are. The demo dataset is generated on first use by the
@@ -26,9 +26,9 @@ import numpy as np
 from callbacks.vqa_plots import group_names
 from lightning_modules.common.checkpoints import safe_loading
 from lightning_modules.common.experiments import best_checkpoint
+from lightning_modules.common.runs import run_directory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-ZOOM_CHECKPOINT = Path("checkpoints/zoom-demo/best.ckpt")
 
 
 def _run(args: list[str]) -> Any:
@@ -75,7 +75,6 @@ def label_table(evaluation: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description="VideoQualityGAN demo: zoom-in pretraining, training, test.")
-    parser.add_argument("--retrain-zoom", action="store_true", help="pretrain the zoom-in even if it exists")
     parser.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="extra CLI args for the VQA fit after `--`"
     )
@@ -85,22 +84,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     import wandb
 
     start = time.time()
-    if args.retrain_zoom or not ZOOM_CHECKPOINT.is_file():
-        _run(["fit", "--config", str(CONFIGS / "zoom.yaml"), "--config", str(CONFIGS / "zoom" / "demo.yaml")])
-        wandb.finish()
-    else:
-        print(f"zoom-in: reusing {ZOOM_CHECKPOINT} (--retrain-zoom to pretrain it again)")
-    zoom_s = time.time() - start
     vqa = ["--config", str(CONFIGS / "vqa.yaml"), "--config", str(CONFIGS / "vqa" / "demo.yaml"), *extra]
     cli = _run(["fit", *vqa])
-    fit_s = time.time() - start - zoom_s
+    fit_s = time.time() - start
     trainer = cli.trainer
     ckpt = best_checkpoint(trainer)
-    print(f"\n$ (test) lightning test {' '.join(vqa)} --ckpt_path {ckpt}", flush=True)
+    print(f"\n$ (test) lightning test --ckpt_path {ckpt}", flush=True)
     with safe_loading():
         results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in results[0].items()}
-    run_dir = Path(ckpt).parent.parent if ckpt else Path(trainer.default_root_dir)
+    run_dir = run_directory(trainer)
     wandb_dir = Path(wandb.run.dir).parent if wandb.run is not None else None
     wandb.finish()
     manifests = cli.datamodule.load_manifests()
@@ -118,14 +111,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"last checkpoint:  {run_dir / 'checkpoints' / 'last.ckpt'}")
     print(f"figures:          {run_dir / 'figures'} (score distribution per label, ROC)")
     print(f"run config:       {run_dir / 'config.yaml'}")
-    print(f"zoom-in:          {ZOOM_CHECKPOINT}")
+    print(f"zoom-in:          {cli.model.zoom_checkpoint}")
     if wandb_dir is not None:
         print(f"W&B run (offline unless a key is set): {wandb_dir}  (upload: wandb sync {wandb_dir})")
-    print(f"\ntime: zoom-in {zoom_s:.0f} s, VQA fit {fit_s:.0f} s, total {total:.0f} s")
+    print(f"\ntime: fit (with the zoom-in pretraining on first use) {fit_s:.0f} s, total {total:.0f} s")
     print(
-        "next: predict  lightning predict "
-        + " ".join(vqa)
-        + f" --ckpt_path {ckpt}\n      scan     python -m lightning_modules.vqa_gan.scan --checkpoint {ckpt} "
+        f"next: predict  lightning predict --ckpt_path {ckpt}"
+        + f"\n      scan     python -m lightning_modules.vqa_gan.scan --checkpoint {ckpt} "
         f"--scans {test_scan} --precision bf16-mixed"
     )
     return metrics

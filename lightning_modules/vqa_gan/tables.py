@@ -8,10 +8,9 @@ metrics use the threshold chosen on the validation split; ``--oracle`` adds the 
 own best-F1 threshold (what the official code reports). With several ``--seeds`` each cell is the mean
 (AUC: mean ± std) over the seeds, as the paper's ± columns.
 
-The rows that use the zoom-in need its checkpoint: ``--zoom-checkpoint`` (default: the path the zoom
-config writes, ``checkpoints/zoom/best.ckpt``, or ``checkpoints/zoom-demo/best.ckpt`` with ``--demo``).
-When that default file is missing the zoom-in is pretrained first (``configs/zoom.yaml`` [+
-``configs/zoom/demo.yaml``]), and the command says so.
+The rows that use the zoom-in share one: the configs' ``zoom_checkpoint: auto`` pretrains it before the
+first such row (``configs/zoom.yaml`` [+ ``configs/zoom/demo.yaml``], on the same data) and every later row
+reuses it; ``--zoom-checkpoint PATH`` uses that checkpoint instead.
 
 Usage::
 
@@ -144,33 +143,12 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-def ensure_zoom_checkpoint(path: Path, demo: bool, default: bool, extra: Sequence[str]) -> None:
-    """Pretrain the zoom-in when the default checkpoint is missing (a user-given path must exist)."""
-    if path.is_file():
-        return
-    if not default:
-        raise FileNotFoundError(f"--zoom-checkpoint {path} does not exist")
-    from lightning_modules.cli import main as cli_main
-
-    configs = [CONFIGS / "zoom.yaml"] + ([CONFIGS / "zoom" / "demo.yaml"] if demo else [])
-    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *extra]
-    print(
-        f"\n=== zoom-in checkpoint {path} missing: pretraining it first: lightning {' '.join(args)}",
-        flush=True,
-    )
-    cli_main(args)
-    finish_wandb()
-    if not path.is_file():
-        raise FileNotFoundError(f"zoom-in pretraining finished but {path} was not written")
-
-
 def run_tables(
     variants: Sequence[str],
     seeds: Sequence[int] = (0,),
     demo: bool = False,
     zoom_checkpoint: str | None = None,
     extra: Sequence[str] = (),
-    zoom_extra: Sequence[str] = (),
     out: Path | None = None,
     oracle: bool = False,
 ) -> dict[str, list[dict[str, float]]]:
@@ -181,13 +159,10 @@ def run_tables(
     canonical = unique_variants(variants)
     base = [CONFIGS / "vqa.yaml"] + ([CONFIGS / "vqa" / "demo.yaml"] if demo else [])
     common = list(extra)
-    if any(VARIANTS[v] for v in variants):
-        default = zoom_checkpoint is None
-        zoom = Path(
-            zoom_checkpoint or ("checkpoints/zoom-demo/best.ckpt" if demo else "checkpoints/zoom/best.ckpt")
-        )
-        ensure_zoom_checkpoint(zoom, demo, default, zoom_extra)
-        common.append(f"--model.init_args.zoom_checkpoint={zoom}")
+    if zoom_checkpoint is not None:
+        if not Path(zoom_checkpoint).is_file():
+            raise FileNotFoundError(f"--zoom-checkpoint {zoom_checkpoint} does not exist")
+        common.append(f"--model.init_args.zoom_checkpoint={zoom_checkpoint}")
     results: dict[str, list[dict[str, float]]] = {}
     timings: dict[str, float] = {}
     for variant in dict.fromkeys(canonical.values()):
@@ -236,12 +211,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, float]]]
     )
     parser.add_argument("--zoom-checkpoint", default=None, help="zoom-in checkpoint for the zoomed rows")
     parser.add_argument(
-        "--zoom-arg",
-        action="append",
-        default=[],
-        help="one extra CLI arg for the zoom pretraining, if it runs (repeat it; write --zoom-arg=--key=value)",
-    )
-    parser.add_argument(
         "--oracle", action="store_true", help="also print metrics at the test split's own threshold"
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json and tables.md")
@@ -256,7 +225,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, float]]]
         demo=args.demo,
         zoom_checkpoint=args.zoom_checkpoint,
         extra=extra,
-        zoom_extra=args.zoom_arg,
         out=out,
         oracle=args.oracle,
     )

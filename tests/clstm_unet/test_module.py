@@ -177,14 +177,16 @@ def test_training_step_loss_is_kld_of_the_target_frame_and_decreases():
     log_pred = module(batch["video"], 2)
     expected = saliency_kld_loss(log_pred, batch["gaze"][:, :, 2])
     module.log = lambda *a, **k: None  # no trainer attached
-    loss = module.training_step(batch, 0)
+    out = module.training_step(batch, 0)
+    loss = out["loss"]
     torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(out["kld"], expected)  # the term the non-finite guard names
     opt = module.configure_optimizers()
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-2
     first = loss.item()
     for _ in range(40):
         opt.zero_grad()
-        loss = module.training_step(batch, 0)
+        loss = module.training_step(batch, 0)["loss"]
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first

@@ -295,6 +295,7 @@ def test_table_rows_become_config_stacks(tmp_path):
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from callbacks.checkpoints import LastCheckpoint
     from lightning_modules.dualrep_ssl.tables import ROWS, demo_rows, finetune_row, latest_checkpoint
 
     plane = [r for r in ROWS if r.table == "plane"]
@@ -311,15 +312,15 @@ def test_table_rows_become_config_stacks(tmp_path):
     no_image = next(r for r in ROWS if r.name == "W/o image")
     assert finetune_row(no_image, False, tmp_path, None, []).configs[-1].endswith("finetune_plane/video.yaml")
 
-    # the pretraining checkpoint is the monitor-less callback's file (the latest epoch), not a best one
+    # the pretraining checkpoint is the run's last.ckpt (the last completed epoch), not a best one
     latest, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
     latest.write_bytes(b"x")
     best.write_bytes(b"x")
     monitored = ModelCheckpoint(monitor="val/loss")
     monitored.best_model_path = str(best)
-    plain = ModelCheckpoint(monitor=None)
-    plain.best_model_path = str(latest)
-    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=[monitored, plain])) == str(latest)
+    last = LastCheckpoint(dirpath=str(tmp_path))
+    last.last_model_path = str(latest)
+    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=[monitored, last])) == str(latest)
     assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=[monitored])) is None
 
 

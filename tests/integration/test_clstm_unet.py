@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from cli_args import tiny_data
+from cli_args import last_checkpoint, tiny_data
 
 OVERLAYS = [
     "spatial_only",
@@ -145,9 +145,7 @@ def test_stream_a_video_with_a_trained_checkpoint(run_cli, tiny_dataset, configs
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )
-    ckpt = Path(
-        cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
-    )
+    ckpt = Path(last_checkpoint(cli.trainer))
     if not ckpt.is_file():  # no ModelCheckpoint configured: save one
         ckpt = tmp_path / "model.ckpt"
         cli.trainer.save_checkpoint(ckpt)

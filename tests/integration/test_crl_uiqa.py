@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_args import tiny_data
+from cli_args import last_checkpoint, tiny_data
 
 from lightning_modules.common.experiments import run_table
 from lightning_modules.crl_uiqa import tables
@@ -131,7 +131,7 @@ def test_classifier_embedding_scorer_and_ranking(run_cli, configs_dir, tiny_data
         "--trainer.limit_train_batches=2",
     ]
     cli = run_cli(["fit", *clf_args])
-    clf_ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    clf_ckpt = Path(last_checkpoint(cli.trainer))
     assert clf_ckpt.is_file() and 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
     cli = run_cli(["test", *clf_args, f"--ckpt_path={clf_ckpt}"])
     assert "test/acc" in cli.trainer.callback_metrics
@@ -149,7 +149,7 @@ def test_classifier_embedding_scorer_and_ranking(run_cli, configs_dir, tiny_data
     ]
     cli = run_cli(["fit", *crl_args])
     assert cli.model.pseudo.params["spec"]["embedding"] == str(clf_ckpt)
-    crl_ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    crl_ckpt = Path(last_checkpoint(cli.trainer))
     images = sorted((tiny_dataset / "images" / "abdomen").glob("*.png"))[:4]
     ranking = ranking_main(["--checkpoint", str(crl_ckpt), "--images", *map(str, images), "--device", "cpu"])
     assert sorted(ranking.order) == [0, 1, 2, 3] and ranking.best_name in map(str, images)

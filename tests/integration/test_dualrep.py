@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_args import tiny_data
+from cli_args import last_checkpoint, tiny_data
 
 
 def _tiny_pretrain(root: Path) -> list[str]:
@@ -37,8 +37,9 @@ def _finite(metrics, *names: str) -> None:
 
 
 def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, tmp_path):
-    """The user's chain: pretrain (writes checkpoints/dualrep/last.ckpt), then both fine-tuning configs,
-    whose default `pretrained` is that file; the encoders they build hold its weights."""
+    """The user's chain: pretrain (writes runs/sonolab-dualrep/<run>/checkpoints/last.ckpt), then both
+    fine-tuning configs, whose default `pretrained: last:sonolab-dualrep` is that file; the encoders they
+    build hold its weights."""
     pre = ["--config", configs_dir / "dualrep.yaml", *_tiny_pretrain(tiny_dataset)]
     cli = run_cli(
         [
@@ -52,8 +53,7 @@ def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, t
     _finite(
         cli.trainer.callback_metrics, "train/loss", "val/loss", "val/va_R@1", "val/vi_R@5", "val/batch_va_R@1"
     )
-    ckpt = tmp_path / "checkpoints" / "dualrep" / "last.ckpt"
-    assert ckpt.is_file()
+    (ckpt,) = tmp_path.glob("runs/sonolab-dualrep/*/checkpoints/last.ckpt")
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
     # validate / test / predict of the pretraining config
@@ -69,7 +69,7 @@ def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, t
             emb["h_a"].shape == (4, 2048) and emb["F_v"].shape == (4, 512) and emb["mu_i"].shape == (4, 512)
         )
 
-    # fine-tune: plane detection (default pretrained = checkpoints/dualrep/last.ckpt of this folder)
+    # fine-tune: plane detection (default pretrained = the last.ckpt of the newest sonolab-dualrep run)
     plane = ["--config", configs_dir / "finetune_plane.yaml", *_tiny_clips(tiny_dataset)]
     cli = run_cli(["fit", *plane, "--trainer.fast_dev_run=1"])
     assert cli.model.initialisation == "ssl"
@@ -118,7 +118,7 @@ def test_finetune_test_and_predict_from_a_finetuned_checkpoint(run_cli, tiny_dat
         *_tiny_clips(tiny_dataset),
     ]
     cli = run_cli(["fit", *plane, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"])
-    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    ckpt = last_checkpoint(cli.trainer)
     assert cli.model.initialisation == "random" and Path(ckpt).is_file()
     cli = run_cli(["test", *plane, f"--ckpt_path={ckpt}"])
     metrics = cli.trainer.callback_metrics

@@ -56,7 +56,7 @@ def vqa_args(configs_dir: Path, root: Path, zoom: Path, *overlays: str) -> list[
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory):
-    """One working folder for the module's in-process runs (runs/, checkpoints/ land there)."""
+    """One working folder for the module's in-process runs (their runs/ folder lands there)."""
     path = tmp_path_factory.mktemp("vqa")
     previous = Path.cwd()
     os.chdir(path)
@@ -81,8 +81,8 @@ def zoom_checkpoint(workdir: Path, tiny_dataset: Path, configs_dir: Path) -> Pat
         ]
     )
     assert 0.0 <= float(cli.trainer.callback_metrics["val/iou"]) <= 1.0
-    path = workdir / "checkpoints" / "zoom-demo" / "best.ckpt"
-    assert path.is_file()
+    path = Path(cli.trainer.checkpoint_callback.best_model_path)
+    assert path.is_file() and path.parent.parent.parent == workdir / "runs" / "sonolab-zoom"
     return path
 
 
@@ -238,7 +238,6 @@ def test_learnability_on_the_demo_dataset(tmp_path, monkeypatch, configs_dir):
         seeds=[0],
         demo=True,
         extra=data,
-        zoom_extra=data,
         out=tmp_path / "out",
     )
     full = results["all_modalities"][0]["test/auc"]
