@@ -66,6 +66,9 @@ class SonoDataModule(LightningDataModule):
         cache_dir: where decoded clips are cached ($SONOLAB_CACHE or ./.cache/sonolab by default).
         skip_invalid: drop (and log) invalid manifest rows instead of stopping with an error.
         cache_workers: processes used to build the cache in `prepare_data` (0 = in the main process).
+        revalidate: validate every medium again even when the dataset is unchanged since its last
+            validation (whose result is cached under `cache_dir`, keyed by the dataset's manifests, media
+            sizes and mtimes, and the validation parameters).
     """
 
     required_manifests: tuple[str, ...] = ("scans", "clips")
@@ -84,6 +87,7 @@ class SonoDataModule(LightningDataModule):
         cache_dir: str | None = None,
         skip_invalid: bool = False,
         cache_workers: int = 0,
+        revalidate: bool = False,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -103,6 +107,7 @@ class SonoDataModule(LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.skip_invalid = skip_invalid
         self.cache_workers = cache_workers
+        self.revalidate = revalidate
         self.manifests: Manifests | None = None
         self.datasets: dict[str, Dataset] = {}
 
@@ -119,16 +124,29 @@ class SonoDataModule(LightningDataModule):
             ensure_dataset(self.root, self.synthetic, seed=self.synthetic_seed)
         return self.root
 
+    def requirements(self) -> dict[str, str]:
+        """Manifest -> why this run needs it: validation requires exactly these (the others are checked
+        when present) and a missing one's error says which DataModule / option asks for it."""
+        return {name: f"{type(self).__name__} reads it" for name in self.required_manifests}
+
+    def uses(self) -> set[str]:
+        """The modalities and targets this run reads (``video``, ``gaze``, ``audio``, ``label``, ``quality``,
+        ``images``, ``pairs``): dataset warnings about anything else are not logged."""
+        return {"video"}
+
     def load_manifests(self) -> Manifests:
         """Validate the dataset once per process (every problem reported together) and keep the records."""
         if self.manifests is None:
             self.ensure_root()
             self.manifests = load_dataset(
                 self.root,
-                require=self.required_manifests,
+                require=self.requirements(),
                 deep=True,
                 skip_invalid=self.skip_invalid,
                 logger=log,
+                uses=self.uses(),
+                cache_dir=self.cache_dir,
+                revalidate=self.revalidate,
             )
         return self.manifests
 

@@ -64,6 +64,7 @@ class BoxFrameDataModule(SonoDataModule):
         cache_dir: str | None = None,
         skip_invalid: bool = False,
         cache_workers: int = 0,
+        revalidate: bool = False,
     ) -> None:
         super().__init__(
             root=root,
@@ -78,7 +79,14 @@ class BoxFrameDataModule(SonoDataModule):
             cache_dir=cache_dir,
             skip_invalid=skip_invalid,
             cache_workers=cache_workers,
+            revalidate=revalidate,
         )
+
+    def requirements(self) -> dict[str, str]:
+        return {
+            "scans": "boxes.csv references scans by scan_id (their videos hold the boxed frames)",
+            "boxes": f"{type(self).__name__} (zoom-in pretraining) reads its boxes from it",
+        }
 
     def frames_per_scan(self) -> dict[str, list[int]]:
         frames: dict[str, set[int]] = defaultdict(set)

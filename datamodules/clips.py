@@ -22,13 +22,21 @@ from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
 from datamodules.errors import DataError
 from datamodules.flow import FlowParams
 from datamodules.manifest import ClipRecord, Manifests
-from datamodules.readers import LogMel, fixations_for_frames, gaze_maps, load_audio, load_gaze
+from datamodules.readers import (
+    LogMel,
+    fixation_maps,
+    fixations_for_frames,
+    gaze_maps,
+    load_audio,
+    load_gaze,
+)
 
 log = logging.getLogger("sonolab.data")
 
 MODALITIES = ("video", "flow", "gaze", "audio", "image")
 SOURCES = ("clips", "windows")
 IMAGE_FRAMES = ("random", "last")
+TARGETS = ("label", "quality")
 
 
 @dataclass
@@ -66,6 +74,14 @@ def anchored_indices(end_frame: int, num_frames: int, interval: int) -> tuple[in
     """T frames at `interval`, the last one at end_frame - 1 (the freeze frame for PULSE clips)."""
     last = end_frame - 1
     return tuple(last - interval * (num_frames - 1 - j) for j in range(num_frames))
+
+
+def audio_window(last_frame: int, fps: float, seconds: float) -> tuple[float, float]:
+    """``(start_s, end_s)`` of the audio of a clip whose last frame is ``last_frame``: it ends at the end of
+    that frame, ``(last_frame + 1) / fps``, and starts ``seconds`` earlier, before 0 s near a scan's start
+    (that part is zero-padded)."""
+    end_s = (last_frame + 1) / fps
+    return end_s - seconds, end_s
 
 
 def stratified_subset(items: Sequence[ClipItem], fraction: float, seed: int) -> list[ClipItem]:
@@ -114,6 +130,15 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def audio_wave(self, item: ClipItem) -> torch.Tensor:
+        """The speech window ending at the end of the clip's last frame, ``audio_seconds`` long.
+
+        Never shifted to start at 0: near the start of a scan the part before 0 s is zeros (``load_audio``
+        pads), so the window always ends where the clip ends and never holds speech from after it.
+        """
+        start_s, _ = audio_window(item.frame_indices[-1], item.fps, self.audio_seconds)
+        return load_audio(item.audio_path, self.audio_sample_rate, start_s, self.audio_seconds)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         frames = torch.from_numpy(np.array(self.cache.frames(item.item_id)))  # T×H×W×C uint8
@@ -137,13 +162,13 @@ class ClipDataset(Dataset):
                 raise RuntimeError("flow was requested but the cache holds none; rebuild the cache")
             sample["flow"] = torch.from_numpy(np.asarray(flow, dtype=np.float32)).permute(1, 0, 2, 3)
         if "gaze" in self.modalities:
-            maps, valid = gaze_maps(item.gaze_points or [], self.hw[0], self.hw[1], self.gaze_sigma)
+            points = item.gaze_points or []
+            maps, valid = gaze_maps(points, self.hw[0], self.hw[1], self.gaze_sigma)
             sample["gaze"] = torch.from_numpy(maps).unsqueeze(0)
             sample["gaze_valid"] = torch.from_numpy(valid)
+            sample["fixations"] = torch.from_numpy(fixation_maps(points, self.hw[0], self.hw[1])).unsqueeze(0)
         if "audio" in self.modalities:
-            end_s = (item.frame_indices[-1] + 1) / item.fps
-            start_s = max(0.0, end_s - self.audio_seconds)
-            wave = load_audio(item.audio_path, self.audio_sample_rate, start_s, self.audio_seconds)
+            wave = self.audio_wave(item)
             assert self.logmel is not None
             with torch.no_grad():
                 sample["audio"] = self.logmel(wave)
@@ -170,6 +195,9 @@ class VideoClipDataModule(SonoDataModule):
         train_fraction: keep this fraction of the training items (label-stratified, seeded by
             `subset_seed`): the "small labelled subset" of transfer-learning experiments.
         flow_median_ksize, flow_winsize: Farneback pre-filter and window (the VQA paper: 21 and 3).
+        targets: what the model learns or is scored on, "label" and/or "quality"; only dataset warnings
+            about these (and the modalities) are logged. None = ["quality"] when train_filter selects
+            quality values (the VQA task), else ["label"].
     """
 
     def __init__(
@@ -207,6 +235,8 @@ class VideoClipDataModule(SonoDataModule):
         cache_dir: str | None = None,
         skip_invalid: bool = False,
         cache_workers: int = 0,
+        revalidate: bool = False,
+        targets: list[str] | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -221,6 +251,7 @@ class VideoClipDataModule(SonoDataModule):
             cache_dir=cache_dir,
             skip_invalid=skip_invalid,
             cache_workers=cache_workers,
+            revalidate=revalidate,
         )
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(
@@ -254,6 +285,24 @@ class VideoClipDataModule(SonoDataModule):
         self.subset_seed = subset_seed
         self.flow_params = FlowParams(median_ksize=flow_median_ksize, winsize=flow_winsize)
         self.items: dict[str, list[ClipItem]] | None = None
+        if targets is None:
+            targets = ["quality"] if self.train_filter.quality is not None else ["label"]
+        for name in targets:
+            check_choice("data.init_args.targets[]", name, TARGETS)
+        self.targets = list(targets)
+
+    def uses(self) -> set[str]:
+        return {"video", *self.modalities, *self.targets}
+
+    def requirements(self) -> dict[str, str]:
+        """Clips need scans.csv + clips.csv; sliding windows over whole scans need scans.csv only."""
+        need = {"scans": f"{type(self).__name__} reads the scan videos from it"}
+        if self.source == "clips":
+            need["clips"] = (
+                f"{type(self).__name__} with data.init_args.source=clips reads its labelled clips from it "
+                "(source=windows trains on whole scans, with a split column in scans.csv, without it)"
+            )
+        return need
 
     # ------------------------------------------------------------------ items
     def split_items(self, manifests: Manifests) -> dict[str, list[ClipItem]]:

@@ -109,6 +109,7 @@ class ImageDataModule(SonoDataModule):
         cache_dir: str | None = None,
         skip_invalid: bool = False,
         cache_workers: int = 0,
+        revalidate: bool = False,
     ) -> None:
         super().__init__(
             root=root,
@@ -123,6 +124,7 @@ class ImageDataModule(SonoDataModule):
             cache_dir=cache_dir,
             skip_invalid=skip_invalid,
             cache_workers=cache_workers,
+            revalidate=revalidate,
         )
         self.planes = list(planes) if planes is not None else None
         self.eval_on = check_choice("data.init_args.eval_on", eval_on, EVAL_MODES)
@@ -130,6 +132,18 @@ class ImageDataModule(SonoDataModule):
         self.predict_splits = list(predict_splits) if predict_splits is not None else ["test"]
         self.classes: list[str] = []
         self.standard_dataset: ImageDataset | None = None
+
+    def uses(self) -> set[str]:
+        return {"images", "label"} | ({"pairs"} if self.eval_on == "pairs" else set())
+
+    def requirements(self) -> dict[str, str]:
+        need = {"images": f"{type(self).__name__} reads its images from it"}
+        if self.eval_on == "pairs":
+            need["pairs"] = (
+                f"{type(self).__name__} with data.init_args.eval_on=pairs evaluates on its pairs "
+                "(eval_on=images evaluates on plane-labelled images without it)"
+            )
+        return need
 
     def keep(self, plane: str) -> bool:
         return self.planes is None or plane in self.planes

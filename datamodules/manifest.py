@@ -48,9 +48,9 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 #: optional columns the parser understands (others are kept in ``ImageRecord.extra`` or ignored).
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
-    "scans": ("gaze", "audio", "fps", "split"),
+    "scans": ("gaze", "audio", "fps", "split", "subject_id"),
     "clips": ("quality",),
-    "images": (),
+    "images": ("subject_id",),
     "pairs": ("split",),
     "boxes": (),
 }
@@ -71,6 +71,8 @@ class ScanRecord:
     fps: float | None
     split: str | None
     row: int
+    #: the patient / subject the scan is of (optional column): splits must not share a subject.
+    subject_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ImageRecord:
     role: str
     row: int
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    subject_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -415,6 +418,7 @@ def parse_scans(root: Path, table: Table, report: Reporter) -> dict[str, ScanRec
             fps=fps,
             split=split,
             row=line,
+            subject_id=c.get("subject_id") or None,
         )
     return out
 
@@ -454,7 +458,7 @@ def parse_clips(table: Table, report: Reporter) -> dict[str, ClipRecord]:
 
 def parse_images(root: Path, table: Table, report: Reporter) -> dict[str, ImageRecord]:
     file = MANIFEST_FILES["images"]
-    known = {"image", "plane", "split", "role"}
+    known = {"image", "plane", "split", "role", "subject_id"}
     out: dict[str, ImageRecord] = {}
     first_line: dict[Path, tuple[int, str]] = {}
     for line, row in table.rows:
@@ -476,7 +480,7 @@ def parse_images(root: Path, table: Table, report: Reporter) -> dict[str, ImageR
             continue
         assert image and path and plane and split and role
         extra = {k: v for k, v in row.items() if k not in known and k}
-        out[image] = ImageRecord(image, path, plane, split, role, line, extra)
+        out[image] = ImageRecord(image, path, plane, split, role, line, extra, c.get("subject_id") or None)
     return out
 
 

@@ -442,6 +442,24 @@ def gaze_maps(
     return maps, valid
 
 
+def fixation_maps(fixations: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Per-frame binary fixation maps, bool T×H×W: True at the pixel ``(floor(y·H), floor(x·W))`` of each
+    valid gaze sample of the frame (clipped to the frame; NaN rows skipped); all False without fixation.
+
+    The ground truth of NSS (MIT saliency benchmark: the real fixation points, not the peaks of a blurred
+    map); the same rasterisation as ``lightning_modules.common.saliency.fixation_map_from_points``.
+    """
+    maps = np.zeros((len(fixations), height, width), bool)
+    for t, pts in enumerate(fixations):
+        pts = np.asarray(pts, np.float64).reshape(-1, 2)
+        pts = pts[~np.isnan(pts).any(axis=1)]
+        if len(pts):
+            cols = np.clip(np.floor(pts[:, 0] * width).astype(np.int64), 0, width - 1)
+            rows = np.clip(np.floor(pts[:, 1] * height).astype(np.int64), 0, height - 1)
+            maps[t, rows, cols] = True
+    return maps
+
+
 # ----------------------------------------------------------------------------------------------- audio
 
 

@@ -19,7 +19,7 @@ from datamodules.base import ImageSize, SonoDataModule, to_unit_range
 from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
 from datamodules.clips import ClipFilter
 from datamodules.manifest import Manifests
-from datamodules.readers import fixations_for_frames, gaze_maps, load_gaze
+from datamodules.readers import fixation_maps, fixations_for_frames, gaze_maps, load_gaze
 
 log = logging.getLogger("sonolab.data")
 
@@ -74,13 +74,13 @@ class SequenceDataset(Dataset):
         offsets = list(item.offsets)
         frames = np.asarray(self.cache.frames(item.clip_id))[offsets]  # T×H×W×C
         video = to_unit_range(torch.from_numpy(frames).permute(3, 0, 1, 2))
-        maps, valid = gaze_maps(
-            [clip.gaze_points[o] for o in offsets], self.hw[0], self.hw[1], self.gaze_sigma
-        )
+        points = [clip.gaze_points[o] for o in offsets]
+        maps, valid = gaze_maps(points, self.hw[0], self.hw[1], self.gaze_sigma)
         return {
             "video": video,
             "gaze": torch.from_numpy(maps).unsqueeze(0),
             "gaze_valid": torch.from_numpy(valid),
+            "fixations": torch.from_numpy(fixation_maps(points, self.hw[0], self.hw[1])).unsqueeze(0),
             "target_index": torch.tensor(self.target_index, dtype=torch.long),
             "label": torch.tensor(self.class_index.get(clip.label, -1), dtype=torch.long),
             "clip_id": item.item_id,
@@ -100,6 +100,15 @@ class SaliencySequenceDataModule(SonoDataModule):
         train_filter / eval_filter: labels kept per split (quality is ignored unless given).
         gaze_sigma: Gaussian sigma of the gaze maps, in pixels of the output map.
     """
+
+    def uses(self) -> set[str]:
+        return {"video", "gaze"}
+
+    def requirements(self) -> dict[str, str]:
+        return {
+            "scans": f"{type(self).__name__} reads the scan videos and gaze from it",
+            "clips": f"{type(self).__name__} slides over the clips it lists",
+        }
 
     def __init__(
         self,
@@ -124,6 +133,7 @@ class SaliencySequenceDataModule(SonoDataModule):
         cache_dir: str | None = None,
         skip_invalid: bool = False,
         cache_workers: int = 0,
+        revalidate: bool = False,
     ) -> None:
         super().__init__(
             root=root,
@@ -138,6 +148,7 @@ class SaliencySequenceDataModule(SonoDataModule):
             cache_dir=cache_dir,
             skip_invalid=skip_invalid,
             cache_workers=cache_workers,
+            revalidate=revalidate,
         )
         if num_before < 0 or num_after < 0 or frame_interval < 1 or target_stride < 1:
             raise ValueError(

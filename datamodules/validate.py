@@ -1,6 +1,9 @@
 """Dataset validator: checks a dataset folder against ``docs/data.md`` and reports every problem at once.
 
-    python -m datamodules.validate DIR [--require scans,clips] [--shallow]
+    python -m datamodules.validate DIR [--require scans,clips] [--splits train,val] [--shallow]
+
+checks the manifests that exist (``--require`` default: those present, plus ``scans.csv`` when
+``clips.csv`` or ``boxes.csv`` reference scans and ``images.csv`` when ``pairs.csv`` names images);
 
 prints one line per problem (``file:row: column: what is wrong``, row = line number in the
 CSV with the header on line 1) and a summary line; exits 0 without errors, 1 with errors,
@@ -19,7 +22,7 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,13 +79,20 @@ Severity = Literal["error", "warning"]
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem: ``file:row: column: message``; row is the CSV line (header = 1) or None."""
+    """One problem: ``file:row: column: message``; row is the CSV line (header = 1) or None.
+
+    ``kind`` names a warning's kind (warnings are logged grouped by it); ``about`` the modality or target it
+    concerns (``gaze``, ``audio``, ``label``, ``images``, ``pairs``; empty = any run), so a run is warned
+    only about what it uses.
+    """
 
     file: str
     row: int | None
     column: str | None
     message: str
     severity: Severity = "error"
+    kind: str = ""
+    about: str = ""
 
     def __str__(self) -> str:
         where = self.file if self.row is None else f"{self.file}:{self.row}"
@@ -92,7 +102,7 @@ class Problem:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith(("s", "x")) else "s")
 
 
 class DatasetValidationError(DataError):
@@ -142,9 +152,11 @@ class ValidationReport:
             f"{_plural(len(self.warnings), 'warning')}; valid rows: {valid or 'none'}"
         )
 
-    def format(self) -> str:
+    def format(self, grouped: bool = False) -> str:
+        """Every error, then the warnings (one line per kind with ``grouped``), then the summary."""
         lines = [f"error: {p}" for p in self.errors]
-        lines += [f"warning: {p}" for p in self.warnings]
+        warnings = group_warnings(self.warnings) if grouped else [str(p) for p in self.warnings]
+        lines += [f"warning: {w}" for w in warnings]
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -167,6 +179,10 @@ class _Collector:
         if severity == "error" and row is not None:
             self.failed.add((file, row))
 
+    def of(self, kind: str, about: str = "") -> _Tagged:
+        """``self.of(kind, about).warning(...)``: a warning of a named kind about a modality or target."""
+        return _Tagged(self, kind, about)
+
     def error(self, file: str, row: int | None, column: str | None, message: str) -> None:
         self(file, row, column, message, "error")
 
@@ -175,6 +191,42 @@ class _Collector:
 
     def ok(self, file: str, row: int) -> bool:
         return (file, row) not in self.failed
+
+
+@dataclass
+class _Tagged:
+    collector: _Collector
+    kind: str
+    about: str
+
+    def warning(self, file: str, row: int | None, column: str | None, message: str) -> None:
+        self.collector.problems.append(Problem(file, row, column, message, "warning", self.kind, self.about))
+
+
+def group_warnings(warnings: Iterable[Problem], first: int = 3) -> list[str]:
+    """One line per kind of warning: the count, the kind and the first ``first`` of them (file:row and
+    message), instead of one line each (362 lines of "no gaze for scan ..." on a real dataset). Warnings
+    without a kind are grouped only with identical messages."""
+    groups: dict[str, list[Problem]] = {}
+    for p in warnings:
+        groups.setdefault(p.kind or f"{p.file}: {p.column}: {p.message}", []).append(p)
+    lines = []
+    for group in groups.values():
+        if len(group) == 1:
+            lines.append(str(group[0]))
+            continue
+        shown = "; ".join(str(p) for p in group[:first])
+        more = f"; ... and {len(group) - first} more" if len(group) > first else ""
+        lines.append(f"{len(group)} x {group[0].kind or 'the same warning'}: {shown}{more}")
+    return lines
+
+
+def relevant_warnings(warnings: Iterable[Problem], uses: Iterable[str] | None) -> list[Problem]:
+    """The warnings about what a run uses (``uses``: modalities and targets; None = all)."""
+    if uses is None:
+        return list(warnings)
+    keep = set(uses)
+    return [p for p in warnings if not p.about or p.about in keep]
 
 
 def _normkey(path: Path) -> str:
@@ -193,13 +245,23 @@ def _parse_splits(splits: Iterable[str] | str | None) -> tuple[str, ...]:
     return names
 
 
-def _parse_require(require: Iterable[str] | str | None) -> set[str]:
+#: what ``require`` accepts: manifest names (a comma-separated string or an iterable), or a mapping of
+#: name -> why the run needs it (said in the "required manifest is missing" error).
+Require = Iterable[str] | str | Mapping[str, str] | None
+
+
+def _parse_require(require: Require) -> dict[str, str]:
+    """``{name: reason}`` (reason may be empty) of the manifests that must exist."""
     if require is None:
-        return set()
-    if isinstance(require, str):
-        require = require.split(",")
-    names = {r.strip().lower().removesuffix(".csv") for r in require if r and r.strip()}
-    unknown = sorted(names - set(MANIFEST_FILES))
+        return {}
+    if isinstance(require, Mapping):
+        items = [(str(k), str(v)) for k, v in require.items()]
+    else:
+        if isinstance(require, str):
+            require = require.split(",")
+        items = [(r, "") for r in require]
+    names = {r.strip().lower().removesuffix(".csv"): why for r, why in items if r and r.strip()}
+    unknown = sorted(set(names) - set(MANIFEST_FILES))
     if unknown:
         raise ValueError(
             f"unknown manifest name(s) in require: {', '.join(unknown)} "
@@ -208,11 +270,26 @@ def _parse_require(require: Iterable[str] | str | None) -> set[str]:
     return names
 
 
+def present_requirements(root: str | os.PathLike) -> dict[str, str]:
+    """What a dataset folder must hold, judged from what it holds (the validator's default): every manifest
+    present, plus ``scans.csv`` when ``clips.csv`` / ``boxes.csv`` (which name scans) exist and
+    ``images.csv`` when ``pairs.csv`` (which names images) exists."""
+    root = Path(root)
+    present = [name for name, file in MANIFEST_FILES.items() if (root / file).exists()]
+    need = {name: "" for name in present}
+    referencing = [MANIFEST_FILES[n] for n in ("clips", "boxes") if n in present]
+    if referencing:
+        need.setdefault("scans", f"{' and '.join(referencing)} reference scans by scan_id")
+    if "pairs" in present:
+        need.setdefault("images", "pairs.csv names images of images.csv")
+    return need
+
+
 # --------------------------------------------------------------------------------------------
 # the validator
 # --------------------------------------------------------------------------------------------
 class _Validator:
-    def __init__(self, root: Path, require: set[str], deep: bool, splits: tuple[str, ...] = FIT_SPLITS):
+    def __init__(self, root: Path, require: dict[str, str], deep: bool, splits: tuple[str, ...] = FIT_SPLITS):
         self.root = root
         self.require = require
         self.deep = deep
@@ -257,7 +334,13 @@ class _Validator:
             table: Table | None = None
             if not path.exists():
                 if name in self.require:
-                    self.p.error(file, None, None, f"required manifest is missing ({path})")
+                    why = self.require[name]
+                    self.p.error(
+                        file,
+                        None,
+                        None,
+                        f"required manifest is missing ({path})" + (f": {why}" if why else ""),
+                    )
             elif not path.is_file():
                 self.p.error(file, None, None, f"{path} is not a file")
             else:
@@ -279,7 +362,9 @@ class _Validator:
         has_gaze_column = "gaze" in table.columns
         for scan in scans.values():
             if has_gaze_column and scan.gaze is None:
-                self.p.warning(file, scan.row, "gaze", f"no gaze for scan {scan.scan_id}")
+                self.p.of("no gaze for a scan", "gaze").warning(
+                    file, scan.row, "gaze", f"no gaze for scan {scan.scan_id}"
+                )
             video_ok = self._exists(file, scan.row, "video", scan.video, "video")
             gaze_ok = scan.gaze is not None and self._exists(file, scan.row, "gaze", scan.gaze, "gaze")
             audio_ok = scan.audio is not None and self._exists(file, scan.row, "audio", scan.audio, "audio")
@@ -375,7 +460,7 @@ class _Validator:
             )
             return
         if last - duration > max(GAZE_LONG_MIN_S, GAZE_LONG_FRACTION * duration):
-            self.p.warning(
+            self.p.of("gaze longer than the video", "gaze").warning(
                 file,
                 scan.row,
                 "gaze",
@@ -386,7 +471,7 @@ class _Validator:
         valid_t = np.sort(t[finite_xy])
         valid_t = valid_t[(valid_t >= 0.0) & (valid_t < duration)]
         if valid_t.size == 0:
-            self.p.warning(
+            self.p.of("no gaze inside the video", "gaze").warning(
                 file,
                 scan.row,
                 "gaze",
@@ -398,7 +483,7 @@ class _Validator:
         k = int(np.argmax(gaps))
         if gaps[k] > GAZE_DROPOUT_S:
             n_long = int((gaps > GAZE_DROPOUT_S).sum())
-            self.p.warning(
+            self.p.of("gaze drop-out", "gaze").warning(
                 file,
                 scan.row,
                 "gaze",
@@ -455,7 +540,7 @@ class _Validator:
             )
             return
         if peak > AUDIO_FLOAT_PEAK:
-            self.p.warning(
+            self.p.of("audio peaking outside [-1, 1]", "audio").warning(
                 file,
                 scan.row,
                 "audio",
@@ -463,13 +548,13 @@ class _Validator:
                 "log-mel features will be offset: rescale the audio to [-1, 1]",
             )
         if peak < SILENCE_PEAK:
-            self.p.warning(
+            self.p.of("silent audio", "audio").warning(
                 file, scan.row, "audio", f"{name}: silent audio (peak {peak:.1e} < {SILENCE_PEAK:g})"
             )
         if duration and sample_rate:
             audio_s = decoded / float(sample_rate)
             if duration - audio_s > max(AUDIO_SHORT_MIN_S, AUDIO_SHORT_FRACTION * duration):
-                self.p.warning(
+                self.p.of("audio much shorter than the video", "audio").warning(
                     file,
                     scan.row,
                     "audio",
@@ -564,7 +649,7 @@ class _Validator:
                 )
             fps = self._fps(scan)
             if fps and self.p.ok(file, clip.row) and clip.num_frames / fps < MIN_CLIP_S:
-                self.p.warning(
+                self.p.of("clip shorter than 0.5 s", "").warning(
                     file,
                     clip.row,
                     "end_frame",
@@ -624,7 +709,7 @@ class _Validator:
                     self.p.error(file, image.row, "image", self._media_msg(image.path, exc))
         valid = [im for im in images.values() if self.p.ok(file, im.row)]
         if not any(im.role == "standard" for im in valid):
-            self.p.warning(
+            self.p.of("empty standard-plane set", "images").warning(
                 file, None, "role", "no valid image has role 'standard' (the standard-plane set is empty)"
             )
         by_split: dict[str, set[str]] = defaultdict(set)
@@ -633,7 +718,7 @@ class _Validator:
                 by_split[im.split].add(im.plane)
         for split, planes in by_split.items():
             if len(planes) < 2:
-                self.p.warning(
+                self.p.of("fewer than 2 planes in a split", "label").warning(
                     file,
                     None,
                     "plane",
@@ -696,7 +781,7 @@ class _Validator:
                 for column, image_id in (("better", better), ("worse", worse)):
                     plane = images[image_id].plane
                     if plane != pair.plane:
-                        self.p.warning(
+                        self.p.of("pair plane differs from its image's", "pairs").warning(
                             file,
                             pair.row,
                             "plane",
@@ -730,6 +815,61 @@ class _Validator:
             if split not in written[p.file]
         )
 
+    # -- subjects -------------------------------------------------------------------------------------
+    def check_subjects(self, m: Manifests) -> bool:
+        """A subject (patient) in two splits leaks between them: an error on each row outside the subject's
+        first split (in file order, scans before images), naming the subject and its rows per split; the
+        clips, boxes and pairs of such a row are errors too. True if any was found."""
+        f = MANIFEST_FILES
+        rows: dict[str, dict[str, list[tuple[str, int, str]]]] = defaultdict(lambda: defaultdict(list))
+        for scan in m.scans.values():
+            split = m.scan_split(scan.scan_id)
+            if scan.subject_id and split:
+                rows[scan.subject_id][split].append((f["scans"], scan.row, scan.scan_id))
+        for image in m.images.values():
+            if image.subject_id:
+                rows[image.subject_id][image.split].append((f["images"], image.row, image.image_id))
+        found = False
+        for subject, by_split in rows.items():
+            if len(by_split) < 2:
+                continue
+            found = True
+            listing = "; ".join(
+                f"{split}: {', '.join(f'{file}:{row}' for file, row, _ in where)}"
+                for split, where in by_split.items()
+            )
+            for where in list(by_split.values())[1:]:
+                for file, row, row_id in where:
+                    self.p.error(
+                        file,
+                        row,
+                        "subject_id",
+                        f"subject {subject!r} is in {len(by_split)} splits ({listing}); all scans and images "
+                        f"of a subject must share one split (no patient leakage): fix the split column, or "
+                        "write new splits with python -m datamodules.split --by subject",
+                    )
+                    self._fail_dependants(m, file, row_id, row)
+        return found
+
+    def _fail_dependants(self, m: Manifests, file: str, row_id: str, row: int) -> None:
+        """The clips and boxes of a scan, or the pairs of an image, that became invalid after being checked."""
+        f = MANIFEST_FILES
+        if file == f["scans"]:
+            why = f"scan {row_id} is invalid (scans.csv:{row})"
+            for clip in m.clips.values():
+                if clip.scan_id == row_id:
+                    self.p.error(f["clips"], clip.row, "scan_id", why)
+            for box in m.boxes:
+                if box.scan_id == row_id:
+                    self.p.error(f["boxes"], box.row, "scan_id", why)
+            return
+        for pair in m.pairs:
+            for column, image_id in (("better", pair.better), ("worse", pair.worse)):
+                if image_id == row_id:
+                    self.p.error(
+                        f["pairs"], pair.row, column, f"image {row_id!r} is invalid (images.csv:{row})"
+                    )
+
     # -- everything ---------------------------------------------------------------------------------
     def run(self) -> ValidationReport:
         self.load_tables()
@@ -741,15 +881,21 @@ class _Validator:
 
         ok = self.p.ok
         f = MANIFEST_FILES
-        manifests = Manifests(
-            root=self.root,
-            scans={k: s for k, s in scans.items() if ok(f["scans"], s.row)},
-            clips={k: c for k, c in clips.items() if ok(f["clips"], c.row)},
-            images={k: im for k, im in images.items() if ok(f["images"], im.row)},
-            pairs=[p for p in pairs if ok(f["pairs"], p.row)],
-            boxes=[b for b in boxes if ok(f["boxes"], b.row)],
-            video_info={k: v for k, v in self.video_info.items() if ok(f["scans"], scans[k].row)},
-        )
+
+        def valid_rows() -> Manifests:
+            return Manifests(
+                root=self.root,
+                scans={k: s for k, s in scans.items() if ok(f["scans"], s.row)},
+                clips={k: c for k, c in clips.items() if ok(f["clips"], c.row)},
+                images={k: im for k, im in images.items() if ok(f["images"], im.row)},
+                pairs=[p for p in pairs if ok(f["pairs"], p.row)],
+                boxes=[b for b in boxes if ok(f["boxes"], b.row)],
+                video_info={k: v for k, v in self.video_info.items() if ok(f["scans"], scans[k].row)},
+            )
+
+        manifests = valid_rows()
+        if self.check_subjects(manifests):
+            manifests = valid_rows()
         self.check_splits(manifests)
         # fewer than 2 classes in a split (kept clips only)
         labels: dict[str, set[str]] = defaultdict(set)
@@ -757,7 +903,7 @@ class _Validator:
             labels[clip.split].add(clip.label)
         for split in (s for s in ("train", "val", "test") if s in labels):
             if len(labels[split]) < 2:
-                self.p.warning(
+                self.p.of("fewer than 2 classes in a split", "label").warning(
                     f["clips"],
                     None,
                     "label",
@@ -895,14 +1041,15 @@ def empty_split_problems(
 
 def validate_dataset(
     root: str | os.PathLike,
-    require: Iterable[str] | str = ("scans", "clips"),
+    require: Require = ("scans", "clips"),
     deep: bool = True,
     splits: Iterable[str] | str = FIT_SPLITS,
 ) -> ValidationReport:
     """Check a dataset folder and return every problem found (never stops at the first).
 
     ``require`` names the manifests that must exist (``scans``, ``clips``, ``images``, ``pairs``,
-    ``boxes``); the others are validated when present. ``deep`` opens the media (probes every
+    ``boxes``), or maps each to why the run needs it (the reason ends the "missing" error); the others are
+    validated when present. :func:`present_requirements` gives what the folder itself implies. ``deep`` opens the media (probes every
     video once including its last frame, reads gaze files, decodes audio and images); with
     ``deep=False`` only the CSV structure and the existence of the media files are checked.
     ``splits`` are the splits that must hold valid rows in ``clips.csv`` + ``scans.csv`` when clips are
@@ -925,22 +1072,45 @@ def validate_dataset(
 
 def load_dataset(
     root: str | os.PathLike,
-    require: Iterable[str] | str = ("scans", "clips"),
+    require: Require = ("scans", "clips"),
     deep: bool = True,
     skip_invalid: bool = False,
     logger: logging.Logger | None = None,
     splits: Iterable[str] | str = FIT_SPLITS,
+    uses: Iterable[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    revalidate: bool = False,
 ) -> Manifests:
     """Validate and return the dataset's rows.
 
-    Warnings are logged. With errors, raises :class:`DatasetValidationError` listing them all,
-    unless ``skip_invalid``: then every skipped row is logged and the valid rows are returned
-    (problems that concern a whole required file, e.g. a missing manifest, still raise).
+    Warnings are logged, grouped by kind (:func:`group_warnings`), and only those about what the run
+    ``uses`` (modalities and targets, e.g. ``{"video", "gaze", "label"}``; None = all). With ``cache_dir``
+    the validation result is reused while the dataset and the parameters are unchanged
+    (:mod:`datamodules.validation_cache`); ``revalidate`` forces a full check.
+
+    With errors, raises :class:`DatasetValidationError` listing them all, unless ``skip_invalid``: then
+    every skipped row is logged and the valid rows are returned (problems that concern a whole required
+    file, e.g. a missing manifest, still raise).
     """
     log = logger or logging.getLogger(LOGGER_NAME)
-    report = validate_dataset(root, require=require, deep=deep, splits=splits)
-    for p in report.warnings:
-        log.warning("dataset warning: %s", p)
+
+    def run() -> ValidationReport:
+        return validate_dataset(root, require=require, deep=deep, splits=splits)
+
+    if cache_dir is not None and Path(root).expanduser().is_dir():
+        from datamodules.validation_cache import cached_validation
+
+        params = {
+            "require": _parse_require(require),
+            "splits": list(_parse_splits(splits)),
+            "deep": deep,
+            "root": str(Path(root).expanduser().resolve()),
+        }
+        report = cached_validation(Path(root).expanduser(), cache_dir, params, run, revalidate)
+    else:
+        report = run()
+    for line in group_warnings(relevant_warnings(report.warnings, uses)):
+        log.warning("dataset warning: %s", line)
     if not report.errors:
         return report.manifests
     if not skip_invalid:
@@ -981,9 +1151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", help="dataset folder")
     parser.add_argument(
         "--require",
-        default="scans,clips",
-        help="comma-separated manifests that must exist (scans, clips, images, pairs, boxes); "
-        "default: scans,clips; '' for none",
+        default=None,
+        help="comma-separated manifests that must exist (scans, clips, images, pairs, boxes); default: the "
+        "manifests present, plus scans when clips or boxes reference them and images when pairs do; "
+        "'' for none",
     )
     parser.add_argument(
         "--shallow", action="store_true", help="check CSVs and file existence only, open no media"
@@ -994,6 +1165,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated splits that must hold valid rows; default: train,val (what fit needs); "
         "'test' for a dataset used only to test or predict, '' for none",
     )
+    parser.add_argument(
+        "--all-warnings",
+        action="store_true",
+        help="list every warning on its own line (default: one line per kind, with a count and the first few)",
+    )
     args = parser.parse_args(argv)
     root = Path(args.dir).expanduser()
     if not root.is_dir():
@@ -1003,12 +1179,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        require = _parse_require(args.require)
+        if args.require is None:
+            require = present_requirements(root)
+            if not require:
+                print(
+                    f"error: {root} holds no manifest ({', '.join(MANIFEST_FILES.values())}); "
+                    "docs/data.md describes them",
+                    file=sys.stderr,
+                )
+                return 1
+        else:
+            require = {n: "named in --require" for n in _parse_require(args.require)}
         splits = _parse_splits(args.splits)
     except ValueError as exc:
         parser.error(str(exc))
-    report = validate_dataset(root, require=sorted(require), deep=not args.shallow, splits=splits)
-    print(report.format())
+    report = validate_dataset(root, require=require, deep=not args.shallow, splits=splits)
+    print(report.format(grouped=not args.all_warnings))
     return 0 if report.ok else 1
 
 

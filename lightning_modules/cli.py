@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import json
 import netrc
 import os
 import secrets
@@ -122,6 +123,18 @@ def _logger_project(cfg: Any) -> str:
     model = cfg.get("model")
     class_path = str(model.get("class_path", "")) if model is not None else ""
     return "sonolab-" + (class_path.rsplit(".", 1)[-1].lower() or "run")
+
+
+def _run_tags(cfg: Any, given: Any) -> list[str]:
+    """W&B tags: the model class and the stem of every config file (the overlays that make a variant)."""
+    tags = list(given or [])
+    model = cfg.get("model")
+    if model is not None and model.get("class_path"):
+        tags.append(str(model["class_path"]).rsplit(".", 1)[-1])
+    for config in cfg.get("config") or []:
+        path = Path(str(config))
+        tags.append(path.stem if path.parent.name == "configs" else f"{path.parent.name}/{path.stem}")
+    return list(dict.fromkeys(t for t in tags if t != CONFIG_NAME.split(".")[0]))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -243,8 +256,10 @@ class RunConfigSaver(SaveConfigCallback):
             self.parser.save(config, str(path), skip_none=False, overwrite=False, multifile=False)
         self.saved_to = path
         if trainer.logger is not None:
-            dumped = self.parser.dump(config, skip_none=False, format="json")
-            trainer.logger.log_hyperparams({"cli_config": dumped, "run_dir": str(run_dir)})
+            # nested keys as W&B shows and filters them (model.init_args.lr, data.init_args.image_size, ...):
+            # the keys a sweep samples are exactly these
+            flat = _flatten(yaml.safe_load(self.parser.dump(config, skip_none=False)))
+            trainer.logger.log_hyperparams({**flat, "run_dir": str(run_dir)})
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.save_config(trainer, pl_module, "fit")
@@ -277,6 +292,14 @@ class SonolabCLI(LightningCLI):
             default=None,
             help="Id of a new run (default: a fresh time-stamped id). Refused if a run of this id exists; "
             "to continue a run give --ckpt_path inside its folder (or --ckpt_path last).",
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After `fit`, test the best checkpoint (else last.ckpt) in the same run and W&B run; the test "
+            "metrics are written to test_metrics.json in the run folder (what `python -m "
+            "lightning_modules.collate` reads). Ignored by the other subcommands.",
         )
 
     # ------------------------------------------------------------------------------- parsing
@@ -409,6 +432,7 @@ class SonolabCLI(LightningCLI):
                 init["save_dir"] = str(folder)
                 init["id"] = identity.run_id
                 init["name"] = init.get("name") or identity.run_id
+                init["tags"] = _run_tags(cfg, init.get("tags"))
             elif class_name in ("CSVLogger", "TensorBoardLogger"):
                 init["save_dir"] = str(identity.root)
                 init["name"] = identity.project
@@ -437,15 +461,16 @@ class SonolabCLI(LightningCLI):
         self._call(self.trainer.validate, kwargs)
 
     def test(self, **kwargs: Any) -> None:
-        self._call(self.trainer.test, kwargs)
+        results = self._call(self.trainer.test, kwargs)
+        self._write_test_metrics(results, kwargs.get("ckpt_path"))
 
     def predict(self, **kwargs: Any) -> None:
         self._call(self.trainer.predict, kwargs)
 
-    def _call(self, method: Any, kwargs: dict[str, Any]) -> None:
+    def _call(self, method: Any, kwargs: dict[str, Any]) -> Any:
         try:
             with _shared_run_id(self.identity.run_id):
-                method(**_weights_only(kwargs))
+                return method(**_weights_only(kwargs))
         except BaseException:
             self._forget_failed_start()
             raise
@@ -499,6 +524,44 @@ class SonolabCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self._summary("fit finished")
+        if self.config[self.subcommand].get("test_after_fit"):
+            best = next(
+                (
+                    c.best_model_path
+                    for c in self.trainer.checkpoint_callbacks
+                    if isinstance(c, ModelCheckpoint)
+                ),
+                "",
+            )
+            last = next(
+                (
+                    c.last_model_path
+                    for c in self.trainer.checkpoint_callbacks
+                    if isinstance(c, LastCheckpoint)
+                ),
+                "",
+            )
+            ckpt = best or last or None
+            results = self._call(
+                self.trainer.test, {"model": self.model, "datamodule": self.datamodule, "ckpt_path": ckpt}
+            )
+            self._write_test_metrics(results, ckpt)
+            self._summary("test finished")
+
+    def _write_test_metrics(self, results: Any, ckpt: str | None) -> None:
+        """``test_metrics.json`` in the run folder (never replacing an earlier one: ``test_metrics-N.json``)."""
+        if not self.trainer.is_global_zero or not results:
+            return
+        metrics: dict[str, float] = {}
+        for result in results:
+            metrics.update({k: float(v) for k, v in result.items()})
+        folder = run_directory(self.trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        path, n = folder / "test_metrics.json", 1
+        while path.exists():
+            path, n = folder / f"test_metrics-{n}.json", n + 1
+        record = {"run_id": self.identity.run_id, "checkpoint": ckpt, "metrics": metrics}
+        path.write_text(json.dumps(record, indent=2, allow_nan=True))
 
     def after_validate(self) -> None:
         self._summary("validate finished")

@@ -10,7 +10,8 @@ baseline); this module only holds the steps, the optimiser and the logging.
 - **Metrics** KLD, SIM, CC, NSS (MIT benchmark definitions, torchmetrics objects, DDP-safe) logged as
   ``val/*`` and ``test/*``; the same four for the centre-bias Gaussian on the same maps as
   ``val/centre_bias/*`` and ``test/centre_bias/*``, so every run states how much it beats the trivial
-  prior. NSS fixations are the local maxima of the target gaze map (the batch carries maps, not points).
+  prior. NSS is taken at the real fixations, the batch's binary ``fixations`` map of the target frame (MIT
+  definition); a batch without it falls back to the target map > 0 (the rule for density-only data).
 - **Augmentation** :class:`~lightning_modules.clstm_unet.augment.SequenceRandAugment` RA(n, m) on training
   batches, after they reach the device (``on_after_batch_transfer``), one draw per sequence, independent
   draws per item from a generator seeded from the run's seed and the process rank.
@@ -34,7 +35,6 @@ from lightning_modules.common.saliency import (
     SaliencyMetrics,
     cc,
     centre_bias_map,
-    fixations_from_gaze_map,
     kld,
     nss,
     saliency_kld_loss,
@@ -66,7 +66,8 @@ class CLSTMUNet(LightningModule):
         augment: apply RA(ra_n, ra_m) to training batches; ``ra_transforms`` a subset of the K = 16
             transforms (None = all); ``ra_mixed`` the paper's Mix.RA, with ``ra_mix_methods``.
         centre_bias_sigma: σ of the centre-bias Gaussian reference, as a fraction of the frame size.
-        nss_kernel_size, nss_min_rel: how fixations are recovered from the target gaze map for NSS.
+        nss_kernel_size, nss_min_rel: no longer used (NSS reads the batch's real fixations); accepted so
+            configs and checkpoints of earlier runs still load.
     """
 
     def __init__(
@@ -136,11 +137,10 @@ class CLSTMUNet(LightningModule):
             else None
         )
         self.centre_bias_sigma = centre_bias_sigma
-        metric_args = dict(nss_kernel_size=nss_kernel_size, nss_min_rel=nss_min_rel)
-        self.val_metrics = SaliencyMetrics(log_input=True, prefix="val/", **metric_args)
-        self.test_metrics = SaliencyMetrics(log_input=True, prefix="test/", **metric_args)
-        self.val_centre_bias = SaliencyMetrics(prefix="val/centre_bias/", **metric_args)
-        self.test_centre_bias = SaliencyMetrics(prefix="test/centre_bias/", **metric_args)
+        self.val_metrics = SaliencyMetrics(log_input=True, prefix="val/")
+        self.test_metrics = SaliencyMetrics(log_input=True, prefix="test/")
+        self.val_centre_bias = SaliencyMetrics(prefix="val/centre_bias/")
+        self.test_centre_bias = SaliencyMetrics(prefix="test/centre_bias/")
         self._aug_generator: torch.Generator | None = None
 
     # -- model --------------------------------------------------------------------------------------------
@@ -207,6 +207,8 @@ class CLSTMUNet(LightningModule):
             return batch
         video, gaze = self.augmenter.apply_batch(batch["video"], batch["gaze"], generator=self._generator())
         batch = dict(batch, video=video, gaze=gaze)
+        # the moved frames' fixations are no longer where the map says (metrics are eval-only): drop them
+        batch.pop("fixations", None)
         if "gaze_valid" in batch:  # a map moved wholly out of view became uniform: nothing to learn
             flat = gaze.flatten(-2)
             has_peak = (flat.amax(-1) > flat.amin(-1))[:, 0]  # B×T
@@ -225,6 +227,11 @@ class CLSTMUNet(LightningModule):
         else:
             valid = torch.ones(gaze.shape[0], dtype=torch.bool, device=gaze.device)
         return t, gaze, valid
+
+    @staticmethod
+    def _fixations(batch: dict[str, Any], t: int, target: Tensor) -> Tensor:
+        """The target frame's binary fixation map B×1×H×W; without one, the target map (NSS at map > 0)."""
+        return batch["fixations"][:, :, t] if "fixations" in batch else target
 
     def _centre_bias(self, like: Tensor) -> Tensor:
         H, W = like.shape[-2:]
@@ -254,8 +261,9 @@ class CLSTMUNet(LightningModule):
         batch_size = target.shape[0]
         metrics = self.val_metrics if split == "val" else self.test_metrics
         centre = self.val_centre_bias if split == "val" else self.test_centre_bias
-        metrics.update(log_pred, target, valid)
-        centre.update(self._centre_bias(target), target, valid)
+        fixations = self._fixations(batch, t, target)
+        metrics.update(log_pred, target, valid, fixations=fixations)
+        centre.update(self._centre_bias(target), target, valid, fixations=fixations)
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch_size)
         self.log_dict(metrics, on_epoch=True, batch_size=batch_size, prog_bar=split == "val")
         self.log_dict(centre, on_epoch=True, batch_size=batch_size)
@@ -281,16 +289,14 @@ class CLSTMUNet(LightningModule):
         }
         if "gaze" in batch:
             _, target, valid = self._target(batch)
+            fixations = self._fixations(batch, t, target)
             nan = torch.full_like(pred_x, float("nan"))
             gaze_x, gaze_y = map_peak_xy(target)
             scores = {
                 "kld": kld(pred, target),
                 "sim": sim(pred, target),
                 "cc": cc(pred, target),
-                "nss": nss(
-                    pred,
-                    fixations_from_gaze_map(target, self.hparams.nss_kernel_size, self.hparams.nss_min_rel),
-                ),
+                "nss": nss(pred, fixations),
             }
             columns.update(gaze_x=torch.where(valid, gaze_x, nan), gaze_y=torch.where(valid, gaze_y, nan))
             columns.update({k: torch.where(valid, v.float(), nan) for k, v in scores.items()})

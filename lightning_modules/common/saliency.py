@@ -4,11 +4,14 @@ Definitions follow the MIT saliency benchmark code (Bylinskii et al., "What do d
 tell us about saliency models?", T-PAMI 2019), per sample, with P the predicted map and G the ground truth:
 
 - **KLD** ``Σ G·log(ε + G/(P + ε))`` after normalising both maps to sum 1, ε = 2.2204e-16 (MATLAB ``eps``).
-  Lower is better.
+  Lower is better. As in the MIT code (``if any(map(:))``) an all-zero map is left as is, not divided by
+  its zero sum: an all-zero prediction is scored (``Σ G·log(ε + G/ε)``, about 30–36), never dropped as
+  NaN, so a broken model's frames count in the mean.
 - **SIM** each map min-max normalised to [0, 1] and then divided by its sum; ``Σ min(P, G)``. In [0, 1].
 - **CC** Pearson correlation of the two maps (each z-scored). In [-1, 1].
 - **NSS** prediction z-scored with the *sample* std (ddof = 1, MATLAB ``std``); mean over the fixated
-  pixels of a binary fixation map.
+  pixels of a fixation map, fixated = value > 0 (MIT ``logical(fixationMap)``). One definition, :func:`nss`,
+  used by :class:`SaliencyNSS` too.
 - As in the MIT code, the prediction is resized to the ground truth's (fixation map's) size first; we use
   bilinear interpolation (``align_corners=False``).
 
@@ -17,19 +20,22 @@ pysaliency differs (SIM without min-max, NSS with ddof 0): we implement the MIT 
 
 Degenerate inputs (documented choices, the MIT code returns NaN or fails there): a constant map has no
 min-max range, SIM then treats it as uniform; CC is 0 when either map is constant; NSS is 0 when the
-prediction is constant and NaN when there is no fixated pixel. The torchmetrics classes skip NaN samples.
+prediction is constant and NaN when there is no fixated pixel (a frame without gaze). The torchmetrics
+classes skip NaN samples (and those marked invalid).
 
 Shapes: maps are B×1×H×W (B×H×W and a single H×W map are accepted too); every functional returns B scores.
 Predictions are non-negative saliency maps (probabilities, or any scale: they are normalised here); models
 that output log-probabilities pass ``log_input=True`` to the metric classes (or ``exp()`` first).
 
-Fixations for NSS: our ground truth is per-frame Gaussian gaze maps (a sum of Gaussians around the gaze
-points), not binary fixation maps. :func:`fixation_map_from_points` rasterises gaze points (x, y normalised
-to [0, 1], the data contract) into a binary map — use it when the points are at hand. From a gaze map,
-:func:`fixations_from_gaze_map` marks its *local maxima* (pixels equal to the max over a
-``kernel_size``×``kernel_size`` window and at least ``min_rel`` times the map's global max): each Gaussian's
-peak is at its fixation point, so this recovers the fixation pixels (up to overlapping Gaussians merging).
-Uniform maps (frames without gaze) give no fixation (NSS NaN, skipped).
+Fixations for NSS: NSS is computed at the real fixation points. The data layer rasterises each frame's
+gaze samples into a binary fixation map (batch key ``fixations``, docs/data.md "Batches"), the pixel
+``(floor(y·H), floor(x·W))`` of each valid sample, as :func:`fixation_map_from_points` does; models pass it
+as ``fixations=`` to the metrics. **Datasets with only continuous fixation-density maps** (no points): the
+rule is the MIT one applied to the given map, fixated = density > 0; pass the density as the fixation map
+(or give no ``fixations``: the target map is used). A Gaussian gaze map is positive everywhere, so on such a
+map NSS is the mean of the z-scored prediction over all pixels, 0: give the points whenever they exist.
+:func:`fixations_from_gaze_map` (local maxima) is an approximation kept for inspecting maps; no metric
+uses it.
 """
 
 from __future__ import annotations
@@ -95,7 +101,9 @@ def _prepare(pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _sum_normalise(x: Tensor) -> Tensor:
-    return x / x.sum(dim=1, keepdim=True)
+    """Divide by the sum; a map summing to 0 stays as is (MIT ``if any(map(:))``), so it is scored, not NaN."""
+    total = x.sum(dim=1, keepdim=True)
+    return torch.where(total != 0, x / torch.where(total != 0, total, torch.ones_like(total)), x)
 
 
 def _minmax_sum_normalise(x: Tensor) -> Tensor:
@@ -125,7 +133,8 @@ def _zscore(x: Tensor, ddof: int = 1) -> Tensor:
 def kld(pred: Tensor, gt: Tensor, eps: float = EPS) -> Tensor:
     """KL divergence KL(G ‖ P) per sample, MIT definition ``Σ G·log(ε + G/(P + ε))`` (both sum-normalised).
 
-    ``pred``, ``gt``: B×1×H×W non-negative maps -> B scores (lower is better).
+    ``pred``, ``gt``: B×1×H×W non-negative maps -> B scores (lower is better). An all-zero map is not
+    normalised (MIT): an all-zero prediction scores ``Σ G·log(ε + G/ε)``, an all-zero ``gt`` scores 0.
     """
     p, g = _prepare(pred, gt)
     p, g = _sum_normalise(p), _sum_normalise(g)
@@ -153,8 +162,9 @@ def cc(pred: Tensor, gt: Tensor) -> Tensor:
 def nss(pred: Tensor, fixations: Tensor, ddof: int = 1) -> Tensor:
     """Normalized scanpath saliency per sample: mean of the z-scored prediction at the fixated pixels.
 
-    ``fixations``: binary fixation map B×1×H×W (bool, or > 0 = fixated); the prediction is resized to its
-    size. ``ddof=1`` is the MIT definition (MATLAB ``std``); pysaliency uses 0. NaN for no fixation.
+    ``fixations``: fixation map B×1×H×W, fixated = value > 0 (bool, binary, or a continuous density, as
+    MIT's ``logical(fixationMap)``); the prediction is resized to its size. ``ddof=1`` is the MIT
+    definition (MATLAB ``std``); pysaliency uses 0. NaN for no fixation.
     """
     fix = _as_bhw(fixations, "fixations")
     p, f = _prepare(pred, fix.float() if fix.dtype == torch.bool else fix)
@@ -289,16 +299,20 @@ class _MeanSaliencyMetric(Metric):
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _scores(self, pred: Tensor, target: Tensor) -> Tensor:
+    def _scores(self, pred: Tensor, target: Tensor, fixations: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def update(self, pred: Tensor, target: Tensor, valid: Tensor | None = None) -> None:
+    def update(
+        self, pred: Tensor, target: Tensor, valid: Tensor | None = None, fixations: Tensor | None = None
+    ) -> None:
         """``pred`` B×1×H×W saliency (log-saliency if ``log_input``), ``target`` B×1×H×W ground truth,
-        ``valid`` optional B bool (e.g. the target frame's ``gaze_valid``)."""
+        ``valid`` optional B bool (e.g. the target frame's ``gaze_valid``), ``fixations`` optional B×1×H×W
+        fixation map (only NSS reads it; every metric accepts it so a collection can pass it to all)."""
         pred = pred.detach()
         if self.log_input:
             pred = _float(pred).exp()
-        scores = self._scores(pred, target.detach()).reshape(-1)
+        fix = None if fixations is None else fixations.detach()
+        scores = self._scores(pred, target.detach(), fix).reshape(-1)
         keep = ~torch.isnan(scores)
         if valid is not None:
             keep &= valid.reshape(-1).to(device=keep.device, dtype=torch.bool)
@@ -316,7 +330,7 @@ class KLDivergenceSaliency(_MeanSaliencyMetric):
 
     higher_is_better = False
 
-    def _scores(self, pred: Tensor, target: Tensor) -> Tensor:
+    def _scores(self, pred: Tensor, target: Tensor, fixations: Tensor | None) -> Tensor:
         return kld(pred, target)
 
 
@@ -325,7 +339,7 @@ class SaliencySIM(_MeanSaliencyMetric):
 
     higher_is_better = True
 
-    def _scores(self, pred: Tensor, target: Tensor) -> Tensor:
+    def _scores(self, pred: Tensor, target: Tensor, fixations: Tensor | None) -> Tensor:
         return sim(pred, target)
 
 
@@ -334,43 +348,32 @@ class SaliencyCC(_MeanSaliencyMetric):
 
     higher_is_better = True
 
-    def _scores(self, pred: Tensor, target: Tensor) -> Tensor:
+    def _scores(self, pred: Tensor, target: Tensor, fixations: Tensor | None) -> Tensor:
         return cc(pred, target)
 
 
 class SaliencyNSS(_MeanSaliencyMetric):
-    """Mean :func:`nss`. ``target`` is a bool fixation map (used as is) or a gaze map (fixations =
-    :func:`fixations_from_gaze_map` with ``kernel_size`` / ``min_rel``). Samples without fixations are
-    skipped."""
+    """Mean :func:`nss` (the same definition): at ``fixations`` when given, else at ``target > 0`` (the rule
+    for datasets with only a fixation-density map). Samples without a fixated pixel are skipped."""
 
     higher_is_better = True
 
-    def __init__(
-        self, log_input: bool = False, ddof: int = 1, kernel_size: int = 3, min_rel: float = 0.1, **kwargs
-    ) -> None:
+    def __init__(self, log_input: bool = False, ddof: int = 1, **kwargs) -> None:
         super().__init__(log_input=log_input, **kwargs)
         self.ddof = ddof
-        self.kernel_size = kernel_size
-        self.min_rel = min_rel
 
-    def _scores(self, pred: Tensor, target: Tensor) -> Tensor:
-        fix = (
-            target
-            if target.dtype == torch.bool
-            else fixations_from_gaze_map(target, self.kernel_size, self.min_rel)
-        )
-        return nss(pred, fix, ddof=self.ddof)
+    def _scores(self, pred: Tensor, target: Tensor, fixations: Tensor | None) -> Tensor:
+        return nss(pred, target if fixations is None else fixations, ddof=self.ddof)
 
 
 def SaliencyMetrics(  # noqa: N802 (a factory that reads like a class)
     log_input: bool = False,
     prefix: str | None = None,
     postfix: str | None = None,
-    nss_kernel_size: int = 3,
-    nss_min_rel: float = 0.1,
     nss_ddof: int = 1,
 ) -> MetricCollection:
-    """MetricCollection ``{kld, sim, cc, nss}``; ``update(pred, target, valid=None)`` feeds all four.
+    """MetricCollection ``{kld, sim, cc, nss}``; ``update(pred, target, valid=None, fixations=None)`` feeds
+    all four (``fixations``, the binary fixation map, is read by NSS only).
 
     ``compute_groups=False``: the four metrics have identically shaped states, so torchmetrics' automatic
     state sharing could merge them by accident.
@@ -380,9 +383,7 @@ def SaliencyMetrics(  # noqa: N802 (a factory that reads like a class)
             "kld": KLDivergenceSaliency(log_input=log_input),
             "sim": SaliencySIM(log_input=log_input),
             "cc": SaliencyCC(log_input=log_input),
-            "nss": SaliencyNSS(
-                log_input=log_input, ddof=nss_ddof, kernel_size=nss_kernel_size, min_rel=nss_min_rel
-            ),
+            "nss": SaliencyNSS(log_input=log_input, ddof=nss_ddof),
         },
         prefix=prefix,
         postfix=postfix,

@@ -31,7 +31,6 @@ from torchmetrics.classification import (
 from lightning_modules.common.saliency import (
     SaliencyMetrics,
     cc,
-    fixations_from_gaze_map,
     kld,
     nss,
     saliency_kld_loss,
@@ -320,6 +319,15 @@ class SaliencyFinetune(_EncoderFinetune):
             return batch["target_index"].to(video.device)
         return torch.full((video.shape[0],), video.shape[2] - 1, dtype=torch.long, device=video.device)
 
+    def fixations(self, batch: dict[str, Any], gaze: Tensor) -> Tensor:
+        """The target frame's binary fixation map B×1×H×W (NSS at the real fixations, MIT definition);
+        without one in the batch, the gaze map itself (NSS at map > 0, the rule for density-only data)."""
+        if "fixations" not in batch:
+            return gaze
+        idx = self.target_index(batch)
+        rows = torch.arange(idx.shape[0], device=idx.device)
+        return batch["fixations"][rows, :, idx]
+
     def target(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """The target frame's gaze map (B×1×H×W) and whether it had a fixation (B)."""
         idx = self.target_index(batch)
@@ -353,7 +361,7 @@ class SaliencyFinetune(_EncoderFinetune):
             batch_size=n,
         )
         if stage in EVAL_STAGES:
-            self.metrics[stage].update(log_pred, gaze, valid)
+            self.metrics[stage].update(log_pred, gaze, valid, fixations=self.fixations(batch, gaze))
         return loss, log_pred
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -387,7 +395,7 @@ class SaliencyFinetune(_EncoderFinetune):
             "kld": kld(pred, gaze),
             "sim": sim(pred, gaze),
             "cc": cc(pred, gaze),
-            "nss": nss(pred, fixations_from_gaze_map(gaze)),
+            "nss": nss(pred, self.fixations(batch, gaze)),
         }
         columns: dict[str, Any] = {
             "clip_id": _item_ids(batch),

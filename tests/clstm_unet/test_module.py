@@ -14,7 +14,6 @@ from lightning_modules.clstm_unet.module import CLSTMUNet, map_peak_xy
 from lightning_modules.common.saliency import (
     cc,
     centre_bias_map,
-    fixations_from_gaze_map,
     kld,
     nss,
     saliency_kld_loss,
@@ -39,14 +38,18 @@ def _items(n: int, T: int, target: int, H: int = 16, seed: int = 0) -> list[dict
         centres = torch.randint(2, H - 2, (T, 2), generator=g)
         gaze = torch.stack([_gaussian(H, H, float(cy), float(cx)) for cy, cx in centres]).unsqueeze(0)
         valid = torch.ones(T, dtype=torch.bool)
+        fixations = torch.zeros(1, T, H, H, dtype=torch.bool)  # the binary map the DataModule adds
+        fixations[0, torch.arange(T), centres[:, 0], centres[:, 1]] = True
         if i == 1:
             valid[target] = False  # the target frame of item 1 had no fixation
             gaze[0, target] = 1.0 / (H * H)
+            fixations[0, target] = False
         items.append(
             {
                 "video": torch.rand(1, T, H, H, generator=g) * 2 - 1,
                 "gaze": gaze,
                 "gaze_valid": valid,
+                "fixations": fixations,
                 "target_index": torch.tensor(target),
                 "clip_id": f"clip{i}@{i}",
             }
@@ -78,7 +81,8 @@ def test_logged_test_metrics_equal_the_functional_metrics_over_valid_items():
     pred = log_pred.exp()
     target = torch.stack([it["gaze"][:, 2] for it in items])
     keep = torch.tensor([True, False, True, True, True])
-    fix = fixations_from_gaze_map(target)
+    fix = torch.stack([it["fixations"][:, 2] for it in items])  # NSS at the real fixations (MIT)
+    assert fix.sum().item() == 4  # one fixation per valid item, none on item 1
     expected = {
         "test/kld": kld(pred, target)[keep].mean(),
         "test/sim": sim(pred, target)[keep].mean(),

@@ -125,6 +125,62 @@ def test_nss_3x3_by_hand_ddof1_vs_ddof0():
     assert nss(P, two, ddof=0).item() == pytest.approx((8 - 1) / (2 * math.sqrt(8)), rel=1e-12)
 
 
+def test_kld_of_an_all_zero_prediction_is_scored_as_the_mit_code_does():
+    """MIT KLdiv.m leaves an all-zero map un-normalised (``if any(map1(:))``): Σ G·log(ε + G/ε)."""
+    zero = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    uniform = torch.full((1, 1, 16, 16), 1 / 256, dtype=torch.float64)
+    expected = math.log(EPS + (1 / 256) / EPS)  # 256 pixels of G = 1/256
+    assert expected == pytest.approx(30.4985, abs=1e-4)
+    assert kld(zero, uniform).item() == pytest.approx(expected, rel=1e-12)
+    # G on two pixels (3/4, 1/4), any scale: 0.75·log(ε + 0.75/ε) + 0.25·log(ε + 0.25/ε)
+    G = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    G[0, 0, 3, 4], G[0, 0, 9, 9] = 6.0, 2.0
+    two = 0.75 * math.log(EPS + 0.75 / EPS) + 0.25 * math.log(EPS + 0.25 / EPS)
+    assert two == pytest.approx(35.4814, abs=1e-4)
+    assert kld(zero, G).item() == pytest.approx(two, rel=1e-12)
+    assert kld(G, torch.zeros_like(G)).item() == 0.0  # an all-zero ground truth: 0, as in MIT
+    # the metric class counts the broken frame in its mean instead of skipping it as NaN
+    metric = KLDivergenceSaliency()
+    metric.update(torch.cat([zero, G]), torch.cat([uniform, G]))
+    assert metric.compute().item() == pytest.approx((expected + 0.0) / 2, rel=1e-6)  # float32 state
+
+
+def test_nss_metric_class_and_function_share_one_definition_at_the_real_fixations():
+    g = torch.Generator().manual_seed(3)
+    P = torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    # blurred gaze maps (positive everywhere) and the binary maps of their real fixation points
+    fix = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    fix[0, 0, 2, 3] = fix[1, 0, 5, 5] = fix[1, 0, 6, 1] = fix[2, 0, 0, 7] = True  # item 3: no fixation
+    gaze = torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64) + 0.01
+    z = (P - P.mean(dim=(2, 3), keepdim=True)) / P.flatten(1).std(dim=1).view(4, 1, 1, 1)  # MIT: ddof 1
+    by_hand = [z[0, 0, 2, 3], (z[1, 0, 5, 5] + z[1, 0, 6, 1]) / 2, z[2, 0, 0, 7]]
+    scores = nss(P, fix)
+    for i in range(3):
+        assert scores[i].item() == pytest.approx(by_hand[i].item(), rel=1e-12)
+    assert math.isnan(scores[3].item())
+    metric = SaliencyNSS()
+    metric.update(P, gaze, fixations=fix)  # the fixations, not the blurred map's local maxima
+    assert metric.compute().item() == pytest.approx(sum(v.item() for v in by_hand) / 3, rel=1e-6)
+    # the collection passes fixations to NSS only; KLD/SIM/CC still compare with the gaze map
+    out = SaliencyMetrics()
+    out.update(P, gaze, fixations=fix)
+    values = out.compute()
+    assert values["nss"].item() == pytest.approx(metric.compute().item(), rel=1e-6)
+    assert values["kld"].item() == pytest.approx(kld(P, gaze).mean().item(), rel=1e-6)
+
+
+def test_nss_of_a_continuous_density_map_uses_map_greater_than_zero():
+    """The documented rule for data with only fixation-density maps: fixated = density > 0 (MIT)."""
+    P = t([[0, 0, 0], [0, 9, 0], [0, 0, 0]])
+    density = t([[0.0, 0.0, 0.0], [0.0, 0.6, 0.0], [0.0, 0.0, 0.4]])  # two pixels > 0: centre, corner
+    assert nss(P, density).item() == pytest.approx((8 / 3 - 1 / 3) / 2, rel=1e-12)
+    metric = SaliencyNSS()
+    metric.update(P, density)  # no fixations given: the target density, > 0
+    assert metric.compute().item() == pytest.approx((8 / 3 - 1 / 3) / 2, rel=1e-6)
+    # a map positive everywhere fixates every pixel: the mean of a z-score, 0
+    assert nss(P, torch.full((1, 1, 3, 3), 1 / 9)).item() == pytest.approx(0.0, abs=1e-12)
+
+
 def test_nss_degenerate_cases():
     P = t([[0, 0, 0], [0, 9, 0], [0, 0, 0]])
     assert math.isnan(nss(P, torch.zeros(1, 1, 3, 3, dtype=torch.bool)).item())  # no fixation
@@ -260,7 +316,8 @@ def test_nss_metric_with_gaze_maps_and_fixation_maps():
     gaze = torch.zeros(3, 1, 3, 3)
     gaze[0, 0, 1, 1] = 1.0  # fixation at the centre -> 8/3
     gaze[1, 0, 0, 0] = 1.0  # corner -> −1/3
-    gaze[2] = 1 / 9  # no gaze (uniform) -> no fixation, skipped
+    # item 2 has no fixation (an empty fixation map): NaN, skipped. (Until issue 11 a uniform gaze map stood
+    # for "no gaze" here; under the MIT rule map > 0 a uniform map fixates every pixel, see the test below.)
     metric = SaliencyNSS()
     metric.update(P, gaze)
     assert metric.compute().item() == pytest.approx((8 / 3 - 1 / 3) / 2, rel=1e-6)

@@ -224,3 +224,20 @@ def test_saliency_predict_columns_and_uniform_prediction_scores():
     assert columns["cc"][0].item() == pytest.approx(0.0, abs=1e-6)
     assert torch.isnan(columns["kld"][1])  # no fixation on the target frame: no score
     assert 0 <= columns["peak_x"][0].item() <= 1 and 0 <= columns["peak_y"][0].item() <= 1
+
+
+def test_saliency_nss_is_taken_at_the_batch_fixations():
+    """Issue 11: NSS at the target frame's real fixation points (the batch's ``fixations``), MIT definition."""
+    torch.manual_seed(0)
+    model = SaliencyFinetune(image_size=32, in_channels=1, decoder_channels=[32, 16, 8, 8]).eval()
+    batch = _saliency_batch(t=2, target=1)
+    fix = torch.zeros(2, 1, 2, 32, 32, dtype=torch.bool)
+    fix[0, 0, 1, 4, 7] = fix[0, 0, 1, 20, 30] = True  # item 0's target frame: two fixations
+    batch["fixations"] = fix
+    with torch.no_grad():
+        columns = model.predict_step(batch, 0)
+        pred = model(model.input_tensor(batch)).exp()[0, 0].double()
+    z = (pred - pred.mean()) / pred.flatten().std()  # ddof 1
+    assert columns["nss"][0].item() == pytest.approx(((z[4, 7] + z[20, 30]) / 2).item(), rel=1e-4)
+    assert torch.isnan(columns["nss"][1])  # no fixation on item 1's target frame
+    torch.testing.assert_close(model.fixations(batch, batch["gaze"][:, :, 1]), fix[:, :, 1])
