@@ -8,7 +8,9 @@ SEED   ?= 0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow test-all lint format data bench clean clean-venv
+SWEEP ?=
+SWEEP_ARGS ?=
+.PHONY: help install demo test test-slow test-all lint format data bench sweep clean clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +52,11 @@ data: install ## generate the synthetic dataset (PRESET=demo|tiny, DATA=folder, 
 
 bench: install ## data-loading throughput; BENCH_ARGS=--models adds every model's train steps (writes benchmarks/results/)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+sweep: install ## run a study: SWEEP=configs/sweeps/<study>.yaml [SWEEP_ARGS='--local --count 8 -- --config ...']
+	@test -n "$(SWEEP)" || { echo "give SWEEP=configs/sweeps/<study>.yaml (ls configs/sweeps)"; exit 2; }
+	$(BIN)/python -m lightning_modules.sweep $(SWEEP) $(SWEEP_ARGS)
+	$(BIN)/python -m lightning_modules.collate $(SWEEP) --out runs/tables
 
 clean: ## remove caches and build leftovers (never data/, runs/ or checkpoints)
 	rm -rf .cache/sonolab .pytest_cache .ruff_cache *.egg-info

@@ -106,6 +106,10 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._saving(trainer):
+            # reduce the epoch's sync_dist metrics on every DDP process before the save's barrier (as
+            # ModelCheckpoint does): rank 0's progress bar has already started that reduction, and a barrier
+            # on the other ranks first would pair with it and deadlock
+            _ = trainer.callback_metrics
             self.save(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

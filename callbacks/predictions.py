@@ -97,8 +97,10 @@ class CSVPredictionWriter(BasePredictionWriter):
     """Writes the rows returned by `predict_step` to a CSV.
 
     Args:
-        output: CSV path; None = `predictions.csv` in the run's folder.
-        overwrite: replace an existing file (otherwise the run stops before predicting, so nothing is lost).
+        output: CSV path; None = `predictions.csv` in the run's folder (`predictions-N.csv` for a later
+            predict in the same run folder).
+        overwrite: replace an existing file (otherwise a given `output` that exists stops the run before
+            predicting, so nothing is lost).
     """
 
     def __init__(self, output: str | None = None, overwrite: bool = False) -> None:
@@ -111,7 +113,13 @@ class CSVPredictionWriter(BasePredictionWriter):
         return Path(self.output) if self.output else run_directory(trainer) / "predictions.csv"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.path = trainer.strategy.broadcast(self.resolve_path(trainer))
+        path = self.resolve_path(trainer)
+        if self.output is None and not self.overwrite:
+            # a later predict in the same run folder (another checkpoint, other data): the next free name
+            n = 1
+            while path.exists():
+                path, n = path.with_name(f"predictions-{n}.csv"), n + 1
+        self.path = trainer.strategy.broadcast(path)
         if self.path.exists() and not self.overwrite:
             raise FileExistsError(
                 f"{self.path} exists; pass a new `output` or overwrite: true to the CSVPredictionWriter callback"

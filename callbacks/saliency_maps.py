@@ -3,19 +3,23 @@
 One image per logged epoch: a row per item with the last context frames before the target, then the target
 frame under the ground-truth gaze map, then under the predicted map (heat maps scaled by their maximum, a
 circle at the peak). It shows at a glance whether the model follows the gaze or sits on the centre prior.
-Nothing is built unless the run logs to W&B (``WandbLogger`` and ``WANDB_MODE`` not ``disabled``).
+Every column is titled; the figure is written to ``<run>/figures/val_saliency_maps.png`` and logged to W&B
+when the run logs there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.figures import logs_to_wandb
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from callbacks.figures import save_figure
 from lightning_modules.clstm_unet.stream import overlay_heatmap
 
 __all__ = ["SaliencyMapLogger", "saliency_grid"]
@@ -61,8 +65,8 @@ def saliency_grid(
 
 
 class SaliencyMapLogger(Callback):
-    """Logs :func:`saliency_grid` of the first ``num_items`` items of the first validation batch to W&B
-    every ``every_n_epochs`` epochs (key ``val/saliency_maps``). The module's ``validation_step`` must
+    """Saves (and logs to W&B, key ``val/saliency_maps``) :func:`saliency_grid` of the first ``num_items``
+    items of the first validation batch every ``every_n_epochs`` epochs, titled. The module's ``validation_step`` must
     return ``{"log_pred": B×1×H×W log-saliency}``; batches are sequence batches (``video``, ``gaze``,
     ``target_index``)."""
 
@@ -73,11 +77,11 @@ class SaliencyMapLogger(Callback):
         self.every_n_epochs = every_n_epochs
         self.num_context = num_context
         self._grid: np.ndarray | None = None
+        self._tile = 1
 
     def _active(self, trainer: Trainer) -> bool:
         return (
-            logs_to_wandb(trainer)
-            and trainer.is_global_zero
+            trainer.is_global_zero
             and not trainer.sanity_checking
             and trainer.current_epoch % self.every_n_epochs == 0
         )
@@ -102,18 +106,31 @@ class SaliencyMapLogger(Callback):
             gaze = batch["gaze"][:n, 0, t].float().cpu().numpy()
             video = batch["video"][:n].float().cpu().numpy()
         self._grid = saliency_grid(video, gaze, pred, t, self.num_context)
+        self._tile = int(video.shape[-1])
+
+    def column_titles(self) -> list[str]:
+        context = [f"frame t-{k}" for k in range(self.num_context, 0, -1)]
+        return [*context, "target t + gaze", "target t + prediction"]
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._grid is None:
+        grid, self._grid = self._grid, None
+        if grid is None:
             return
-        import wandb
-
-        assert isinstance(trainer.logger, WandbLogger)
-        caption = "context frames | target + gaze | target + prediction"
-        trainer.logger.experiment.log(
-            {
-                "val/saliency_maps": wandb.Image(self._grid, caption=caption),
-                "trainer/global_step": trainer.global_step,
-            }
+        titles = self.column_titles()
+        height = grid.shape[0]
+        fig, ax = plt.subplots(figsize=(1.6 * len(titles) + 0.5, 1.6 * height / self._tile + 0.8))
+        ax.imshow(grid)
+        ax.set_xticks([(i + 0.5) * self._tile for i in range(len(titles))], titles, fontsize=7)
+        ax.xaxis.tick_top()
+        ax.set_yticks(
+            [(i + 0.5) * self._tile for i in range(height // self._tile)],
+            [f"item {i}" for i in range(height // self._tile)],
+            fontsize=7,
         )
-        self._grid = None
+        ax.set_title(
+            f"validation saliency, epoch {trainer.current_epoch} (heat map scaled to its maximum)",
+            fontsize=8,
+            pad=18,
+        )
+        fig.tight_layout()
+        save_figure(trainer, fig, "val_saliency_maps", "val/saliency_maps")

@@ -27,6 +27,7 @@ import netrc
 import os
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint, RandomState
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
@@ -600,9 +602,14 @@ def main(args: list[str] | None = None) -> SonolabCLI:
 def run() -> None:
     """Entry point of the `lightning` and `sonolab` console scripts. Returns None: the script wrapper passes
     the return value to ``sys.exit``, which would print a returned CLI object and exit with status 1.
-    A run that cannot start or that diverged ends with its message and a non-zero status, no traceback."""
+    A run that cannot start (status 2) or that diverged (3) ends with its message and no traceback; one
+    stopped by SIGTERM ends with status 143."""
     try:
         main()
+    except SIGTERMException:
+        # Lightning ends a run stopped by SIGTERM as a SystemExit with status 0: a scheduler (and the user)
+        # must see that it did not finish (last.ckpt holds its state: resume with --ckpt_path last)
+        sys.exit(128 + signal.SIGTERM)
     except (RunError, NonFiniteLossError) as error:
         print(f"\nerror: {error}", file=sys.stderr, flush=True)
         sys.exit(2 if isinstance(error, RunError) else 3)

@@ -144,6 +144,15 @@ def agent_args(params: dict[str, Any]) -> list[str]:
     return [f"--{name}={_format(value)}" for name, value in params.items()]
 
 
+def with_extra(spec: dict[str, Any], extra: Sequence[str]) -> dict[str, Any]:
+    """The sweep with ``extra`` CLI arguments inserted right before ``${args}``: an overlay given there
+    (e.g. ``--config configs/vqa/demo.yaml``) comes before the sampled ones, which win where both set a key."""
+    if not extra:
+        return spec
+    at = spec["command"].index("${args}")
+    return {**spec, "command": [*spec["command"][:at], *extra, *spec["command"][at:]]}
+
+
 def sample_command(spec: dict[str, Any], params: dict[str, Any]) -> list[str]:
     """The sweep's ``command`` with W&B's macros expanded; ``lightning`` is the one next to this Python."""
     out: list[str] = []
@@ -183,7 +192,8 @@ def run_local(
     """Run every sample that has not finished; returns one status record per sample."""
     name = spec["name"]
     root = _root(extra)
-    samples = [Sample(i, p, sample_command(spec, p)) for i, p in enumerate(draw_samples(spec, count, seed))]
+    full = with_extra(spec, extra)
+    samples = [Sample(i, p, sample_command(full, p)) for i, p in enumerate(draw_samples(spec, count, seed))]
     env = dict(os.environ, WANDB_RUN_GROUP=name)
     env.setdefault("WANDB_MODE", "offline")
 
@@ -191,12 +201,16 @@ def run_local(
         run_id = sample.run_id(name)
         folder = _find_run(root, run_id)
         marker = folder / MARKER if folder is not None else None
-        if marker is not None and marker.is_file() and json.loads(marker.read_text()).get("status") == "finished":
+        if (
+            marker is not None
+            and marker.is_file()
+            and json.loads(marker.read_text()).get("status") == "finished"
+        ):
             print(f"[{name}] {run_id}: finished earlier, skipped", flush=True)
             return {"run_id": run_id, "status": "skipped", "folder": str(folder)}
         last = folder / "checkpoints" / "last.ckpt" if folder is not None else None
         resume = [f"--ckpt_path={last}"] if last is not None and last.is_file() else [f"--run_id={run_id}"]
-        command = [*sample.args, *extra, *resume]
+        command = [*sample.args, *resume]
         print(f"[{name}] {run_id}: {shlex.join(command)}", flush=True)
         proc = subprocess.run(command, env=env)
         folder = _find_run(root, run_id)
@@ -225,10 +239,8 @@ def run_local(
 
 
 def run_online(spec: dict[str, Any], extra: Sequence[str], count: int | None, project: str | None) -> None:
-    """``wandb sweep`` (the file without its ``sonolab`` key, ``extra`` appended to the command), then
-    ``wandb agent``."""
-    server_spec = {k: v for k, v in spec.items() if k != SONOLAB_KEY}
-    server_spec["command"] = [*spec["command"], *extra]
+    """``wandb sweep`` (the file without its ``sonolab`` key, ``extra`` in its command), then ``wandb agent``."""
+    server_spec = {k: v for k, v in with_extra(spec, extra).items() if k != SONOLAB_KEY}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(server_spec, handle)
     create = ["wandb", "sweep", *(["--project", project] if project else []), handle.name]
@@ -261,15 +273,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]] | None:
     where.add_argument("--online", action="store_true", help="create the sweep on W&B and run an agent")
     parser.add_argument("--project", default=None, help="W&B project of an online sweep")
     parser.add_argument("--dry-run", action="store_true", help="print each run's command and stop")
-    parser.epilog = "Arguments after -- are added to every run's command (e.g. -- --config configs/vqa/demo.yaml)."
+    parser.epilog = (
+        "Arguments after -- go into every run's command, before the sampled ones "
+        "(e.g. -- --config configs/vqa/demo.yaml)."
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
     spec = load_sweep(args.sweep)
     if args.dry_run:
         for i, params in enumerate(draw_samples(spec, args.count, args.seed)):
-            sample = Sample(i, params, sample_command(spec, params))
-            print(shlex.join([*sample.args, *extra, f"--run_id={sample.run_id(spec['name'])}"]))
+            sample = Sample(i, params, sample_command(with_extra(spec, extra), params))
+            print(shlex.join([*sample.args, f"--run_id={sample.run_id(spec['name'])}"]))
         return None
     if args.online or (not args.local and _online_by_default()):
         run_online(spec, extra, args.count, args.project)

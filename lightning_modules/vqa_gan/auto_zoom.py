@@ -5,8 +5,9 @@ configs/vqa.yaml`` needs a zoom-in checkpoint for its data and frame size. With 
 ``fit``, looks for one it pretrained earlier for the same data, frame size, crop settings and zoom configs
 (``<root>/<zoom project>/auto-<key>/``, key = a hash of those). When there is none it runs the zoom-in
 pretraining there first (``lightning fit`` with ``model.init_args.zoom_pretraining``, default
-``configs/zoom.yaml``, on the same data root), with its own progress bar, run folder and W&B run; a
-killed pretraining resumes from its ``last.ckpt``. Its best checkpoint is then loaded and frozen.
+``configs/zoom.yaml``, on the same data root, frame size, accelerator and precision), with its own progress
+bar, run folder and W&B run; a killed pretraining resumes from its ``last.ckpt``. Its best checkpoint is
+then loaded and frozen.
 
 With ``--trainer.fast_dev_run`` the zoom-in is pretrained for one batch (a wiring check, like the
 rest of the run) and handed over in memory; nothing is saved and a later real run pretrains it properly.
@@ -139,6 +140,7 @@ def resolve_auto_zoom(cli: Any) -> None:
         f"--model.init_args.localizer_size={model.zoom.localizer_size or 'null'}",
         f"--trainer.default_root_dir={root}",
         f"--trainer.accelerator={cfg.trainer.get('accelerator') or 'auto'}",
+        f"--trainer.precision={cfg.trainer.get('precision') or '32-true'}",
         "--trainer.devices=1",
         "--trainer.num_nodes=1",
         "--trainer.strategy=auto",

@@ -366,12 +366,19 @@ class VideoQualityGAN(QualityAnomalyModule):
         inp = self.inputs(batch, with_gaze=False)
         return self.scores_from_inputs(inp["video"], inp["flow"])
 
-    def predict_gaze(self, batch: dict[str, Any]) -> Tensor:
-        """Predicted gaze maps ``B×1×T×H×W`` of the zoomed clips (needs a model trained with w_gaze > 0)."""
-        if self.gaze_decoder is None:
-            raise RuntimeError("this model has no gaze decoder (trained with w_gaze=0)")
-        inp = self.inputs(batch, with_gaze=False)
-        return self.gaze_decoder(self.encoder(inp["video"], inp["flow"]))
+    @torch.no_grad()
+    def reconstruction_views(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """What the model sees and makes of a batch, B×C×T×H×W each: the zoomed ``input``, its
+        ``reconstruction`` and, for a model with a gaze decoder, the predicted ``gaze_prediction`` next to
+        the zoomed ``gaze`` target (when the batch has gaze). For figures (callbacks.vqa_media)."""
+        inp = self.inputs(batch, with_gaze="gaze" in batch)
+        feature = self.encoder(inp["video"], inp["flow"])
+        views = {"input": inp["video"], "reconstruction": self.decoder(feature)}
+        if self.gaze_decoder is not None:
+            views["gaze_prediction"] = self.gaze_decoder(feature)
+            if inp["gaze"] is not None:
+                views["gaze"] = inp["gaze"]
+        return views
 
 
 class ZoomInPretrainer(LightningModule):

@@ -239,10 +239,20 @@ def test_saliency_grid_layout():
         saliency_grid(video, maps[:1], maps, 1)
 
 
-def test_saliency_map_logger_builds_nothing_without_wandb():
-    logger = SaliencyMapLogger(num_items=2, every_n_epochs=1)
-    trainer = SimpleNamespace(logger=None, is_global_zero=True, sanity_checking=False, current_epoch=0)
+def test_saliency_map_logger_writes_a_titled_png_without_wandb(tmp_path):
+    """Without W&B the figure is still written into the run folder, every column titled."""
+    logger = SaliencyMapLogger(num_items=2, every_n_epochs=1, num_context=2)
+    trainer = SimpleNamespace(
+        logger=None,
+        is_global_zero=True,
+        sanity_checking=False,
+        current_epoch=0,
+        default_root_dir=str(tmp_path),
+    )
     batch = _batch()
     outputs = {"log_pred": torch.zeros(2, 1, 16, 16)}
     logger.on_validation_batch_end(trainer, None, outputs, batch, 0)
-    assert logger._grid is None
+    assert logger.column_titles() == ["frame t-2", "frame t-1", "target t + gaze", "target t + prediction"]
+    logger.on_validation_epoch_end(trainer, None)
+    png = tmp_path / "figures" / "val_saliency_maps.png"
+    assert png.is_file() and png.stat().st_size > 1000

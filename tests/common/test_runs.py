@@ -49,6 +49,7 @@ RESUME_CASES = {
         "--model.init_args.use_zoom=false",
         "--data.init_args.num_frames=4",
         "--trainer.check_val_every_n_epoch=1",
+        "--trainer.precision=32-true",  # bf16 autocast is emulated (slow) on CPUs without AVX-512 BF16
     ],
     "clstm_unet": configs("clstm_unet.yaml"),
 }
@@ -119,6 +120,56 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(model, 
     assert (run_dir / "config.yaml").is_file() and len(list(run_dir.glob("config-fit-*.yaml"))) == 1
     wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 2 and all(p.name.endswith(run_dir.name) for p in wandb_runs)
+
+
+def test_sigterm_saves_the_state_mid_epoch_and_the_run_resumes(tiny_dataset, tmp_path):
+    """A cluster's SIGTERM (time limit, pre-emption): last.ckpt is rewritten with the state after the last
+    finished batch, the process ends non-zero, and `--ckpt_path last` finishes the run in the same folder."""
+    args = [
+        "fit",
+        *RESUME_CASES["clstm_unet"],
+        *tiny_data(tiny_dataset),
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=8",
+        "--trainer.limit_val_batches=1",
+        "--seed_everything=7",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+    ]
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [str(LIGHTNING), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline, boundary = time.time() + 600, None
+    while time.time() < deadline and proc.poll() is None:
+        last = list((tmp_path / "runs").glob("*/*/checkpoints/last.ckpt"))
+        if last and _epoch_of(last[0]) == 0:
+            boundary = torch.load(last[0], map_location="cpu", weights_only=True)["global_step"]
+            break
+        time.sleep(0.05)
+    time.sleep(2.0)  # a few batches into epoch 1
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert boundary is not None and proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "interrupted (SIGTERMException)" in out
+    (last,) = (tmp_path / "runs").glob("*/*/checkpoints/last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] > boundary, "the state after the last finished batch, not the epoch boundary"
+    resumed = subprocess.run(
+        [str(LIGHTNING), *args, "--ckpt_path", "last"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert len(list((tmp_path / "runs").glob("*/*/"))) == 1
 
 
 def test_ckpt_path_last_with_nothing_to_resume_stops(tiny_dataset, tmp_path):
@@ -314,6 +365,7 @@ def test_auto_zoom_is_pretrained_once_then_reused(tiny_dataset, tmp_path, capsys
         "--data.init_args.num_frames=4",
         f"--trainer.default_root_dir={tmp_path / 'runs'}",
         f"--model.init_args.zoom_pretraining=[{', '.join(zoom_configs)}]",
+        "--trainer.precision=32-true",
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=1",
         "--trainer.limit_val_batches=1",
@@ -321,6 +373,9 @@ def test_auto_zoom_is_pretrained_once_then_reused(tiny_dataset, tmp_path, capsys
     first = main(args)
     assert "pretrained first" in capsys.readouterr().out
     (marker,) = (tmp_path / "runs").glob("sonolab-zoom/auto-*/auto_zoom.json")
+    zoom_config = yaml.safe_load((marker.parent / "config.yaml").read_text())
+    assert zoom_config["trainer"]["precision"] == "32-true", "the pretraining runs at the VQA run's precision"
+    assert zoom_config["data"]["init_args"]["image_size"] == 32, "on the VQA run's frames"
     assert bool(first.model.zoom_ready)
     second = main(args)
     assert "pretrained earlier" in capsys.readouterr().out

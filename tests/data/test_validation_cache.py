@@ -3,6 +3,7 @@ dataset starts without probing any medium; a changed file is validated again; ``
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -102,6 +103,8 @@ def test_cached_report_equals_a_fresh_one(dataset, tmp_path):
 
 
 def test_unwritable_cache_folder_only_costs_the_reuse(dataset, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="datamodules.validation_cache")
+    logging.getLogger("datamodules.validation_cache").propagate = True
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     m = load_dataset(dataset, cache_dir=blocker)  # cache_dir is a file: nothing can be written there

@@ -128,3 +128,14 @@ def test_summary_is_on_its_own_line_after_the_progress_bar(tmp_path, capfd) -> N
     at = text.index(f"predictions: 3 rows written to {out}")
     assert at == 0 or text[at - 1] in "\r\n", repr(text[max(0, at - 40) : at + 10])
     assert [r["id"] for r in _rows(out)] == ["i0", "i1", "i2"]
+
+
+def test_later_predict_in_a_run_folder_takes_the_next_free_name(tmp_path) -> None:
+    """A second `lightning predict --ckpt_path <run>/checkpoints/X` writes into the same run folder."""
+    (tmp_path / "predictions.csv").write_text("first\n")
+    trainer = _fake_trainer()
+    trainer.default_root_dir = str(tmp_path)
+    writer = CSVPredictionWriter()
+    writer.on_predict_start(trainer, None)
+    assert writer.path == tmp_path / "predictions-1.csv"
+    assert (tmp_path / "predictions.csv").read_text() == "first\n"
