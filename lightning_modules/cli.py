@@ -442,15 +442,17 @@ class SonolabCLI(LightningCLI):
         self.save_config_kwargs["identity"] = identity
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_cfg = self.config_init[self.subcommand]["trainer"]
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_cfg = config["trainer"]
         plugins = trainer_cfg.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
             plugins.append(AtomicCheckpointIO())
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        identity = getattr(self, "identity", None)  # None when built without a subcommand (run=False)
         for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(self.identity.folder / "checkpoints")
+            if identity is not None and isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(identity.folder / "checkpoints")
         return trainer
 
     # ------------------------------------------------------------------------------- running
