@@ -15,6 +15,9 @@ mode, so ``${...}`` interpolation works across stacked configs and overrides. On
 * **NaN stops loudly** (``callbacks.guards.NonFiniteGuard``, configurable as ``nonfinite``).
 * ``zoom_checkpoint: auto`` (VideoQualityGAN and its baselines) pretrains the zoom-in first when no
   pretrained zoom-in for this data exists yet (``lightning_modules.vqa_gan.auto_zoom``).
+* **W&B** gets the resolved config as nested keys (``model.init_args.lr``, ...: the keys a sweep samples),
+  tags naming the model and the config files, and the run folder. ``--test_after_fit`` tests the best
+  checkpoint in the same run and writes ``test_metrics.json`` (what ``lightning_modules.collate`` reads).
 """
 
 from __future__ import annotations
