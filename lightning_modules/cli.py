@@ -512,7 +512,7 @@ class SonolabCLI(LightningCLI):
         folder = run_directory(trainer)
         if trainer.fast_dev_run:
             print(
-                f"\n{what} (fast_dev_run: a wiring check, nothing saved) run {self.identity.run_id}",
+                f"\n{what} (fast_dev_run: a wiring check, no checkpoint saved) run {self.identity.run_id}",
                 flush=True,
             )
             return
