@@ -52,6 +52,7 @@ from lightning_modules.common.runs import (
     RunError,
     new_run_id,
     newest_run,
+    process_rank,
     run_directory,
     run_of_checkpoint,
 )
@@ -158,12 +159,6 @@ def _model_settings(config: dict[str, Any]) -> dict[str, Any]:
         for k, v in flat.items()
         if (k.startswith("model.") and k.rsplit(".", 1)[-1] not in _WEIGHT_SOURCES) or k in _SHAPE_KEYS
     }
-
-
-def _process_rank() -> int:
-    """This process's rank in a multi-process launch (0 for a single process or the launching one)."""
-    ranks = [int(os.environ[v]) for v in ("RANK", "LOCAL_RANK") if os.environ.get(v, "").isdigit()]
-    return max(ranks, default=0)
 
 
 @contextlib.contextmanager
@@ -346,12 +341,12 @@ class SonolabCLI(LightningCLI):
             self.identity = RunIdentity(
                 run_dir.name, run_dir.parent.parent, run_dir.parent.name, continues=True
             )
-        elif _process_rank() > 0:
+        elif process_rank() > 0:
             # one process of a multi-process launch: the run (and seed) of rank 0
             run_id = os.environ.get(RUN_ID_ENV) or cfg.get("run_id")
             if not run_id:
                 raise RunError(
-                    f"this is process {_process_rank()} of a multi-process launch (torchrun, srun) and has no run "
+                    f"this is process {process_rank()} of a multi-process launch (torchrun, srun) and has no run "
                     "id from rank 0: give --run_id NAME (and --seed_everything=N) so every process joins one run"
                 )
             self.identity = RunIdentity(run_id, root, project)
@@ -368,10 +363,10 @@ class SonolabCLI(LightningCLI):
         if cfg.get("seed_everything") is True:
             # Lightning's seed_everything() without a seed uses 0; a drawn seed makes repeats independent.
             # Processes Lightning launches for DDP inherit rank 0's seed (PL_GLOBAL_SEED) and must use it.
-            if _process_rank() > 0:
+            if process_rank() > 0:
                 if "PL_GLOBAL_SEED" not in os.environ:
                     raise RunError(
-                        f"this is process {_process_rank()} of a multi-process launch (torchrun, srun): give "
+                        f"this is process {process_rank()} of a multi-process launch (torchrun, srun): give "
                         "--seed_everything=N so every process draws the same data order"
                     )
                 cfg.seed_everything = int(os.environ["PL_GLOBAL_SEED"])

@@ -16,6 +16,7 @@ rebuilds the layout itself.
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 import time
@@ -28,6 +29,7 @@ __all__ = [
     "RunError",
     "new_run_id",
     "newest_run",
+    "process_rank",
     "run_directory",
     "run_of_checkpoint",
 ]
@@ -41,6 +43,15 @@ def new_run_id() -> str:
     """A fresh run id: creation time (so folders sort by age) and 4 random characters (so two runs
     started in the same second differ). Valid as a W&B run id and as a folder name."""
     return time.strftime("%Y%m%d-%H%M%S-") + "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+
+
+def process_rank() -> int:
+    """This process's rank in a multi-process launch (torchrun, srun, Lightning's DDP launcher); 0 for a
+    single process or the launching one."""
+    ranks = [
+        int(os.environ[v]) for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID") if os.environ.get(v, "").isdigit()
+    ]
+    return max(ranks, default=0)
 
 
 def run_directory(trainer: Any) -> Path:

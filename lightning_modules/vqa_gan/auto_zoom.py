@@ -28,7 +28,7 @@ from typing import Any
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_modules.common.runs import LAST_NAME, RunError
+from lightning_modules.common.runs import LAST_NAME, RunError, process_rank
 
 from .base import QualityAnomalyModule
 
@@ -62,13 +62,6 @@ def find_config(path: str) -> Path:
         f"model.init_args.zoom_pretraining lists {path}, which is neither a file in the working directory "
         f"nor in the sonolab checkout ({_CHECKOUT}); give the zoom-in config's path"
     )
-
-
-def _global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
 
 
 @contextlib.contextmanager
@@ -125,7 +118,7 @@ def resolve_auto_zoom(cli: Any) -> None:
         _say(f"zoom-in: using {found} (pretrained earlier for this data by zoom_checkpoint: auto)")
         model.zoom_checkpoint = str(found)
         return
-    if _global_rank() != 0:
+    if process_rank() != 0:
         while (found := _finished(root, run_id)) is None:
             time.sleep(5)
         model.zoom_checkpoint = str(found)
@@ -189,7 +182,7 @@ def resolve_auto_zoom(cli: Any) -> None:
 
 def _say(message: str) -> None:
     """A line the user must see (rank 0 only; this runs before the Trainer's own rank checks)."""
-    if _global_rank() == 0:
+    if process_rank() == 0:
         print(message, flush=True)
 
 
