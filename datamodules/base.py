@@ -19,7 +19,6 @@ from datamodules.cache import CacheView, ClipCache, dataset_fingerprint
 from datamodules.errors import DataError
 from datamodules.manifest import Manifests
 from datamodules.readers import worker_init
-from datamodules.synthetic import ensure_dataset
 from datamodules.validate import load_dataset
 
 log = logging.getLogger("sonolab.data")
@@ -121,6 +120,9 @@ class SonoDataModule(LightningDataModule):
                     "or data.init_args.synthetic to 'tiny'/'demo' to generate one there)"
                 )
             log.info("dataset %s missing: generating synthetic preset %r", self.root, self.synthetic)
+            # imported only when asked to generate: the generator is large and no real-data run needs it
+            from datamodules.synthetic import ensure_dataset
+
             ensure_dataset(self.root, self.synthetic, seed=self.synthetic_seed)
         return self.root
 

@@ -1,13 +1,8 @@
 """cLSTMU-Net video gaze-saliency prediction (Savochkina et al., ISBI 2022).
 
-:mod:`.nets` the plain nn.Modules (ConvLSTM, U-Net, ``nets.CLSTMUNet``, exported here as ``CLSTMUNet``);
-:mod:`.augment` the sequence RandAugment policy; :mod:`.module` the LightningModule
-``lightning_modules.clstm_unet.module.CLSTMUNet`` the configs name; :mod:`.stream` streaming prediction over
-a video; :mod:`.tables` the paper's tables as runs. The saliency metrics and loss are shared in
-:mod:`lightning_modules.common.saliency`. See README.md in this folder.
+:mod:`.nets` the plain nn.Modules (``ConvLSTMCell``, ``ConvLSTM``, the U-Net parts and ``ConvLSTMUNet``, the
+network); :mod:`.augment` the sequence RandAugment policy; :mod:`.module` the LightningModule ``CLSTMUNet``
+the configs name; :mod:`.stream` streaming prediction over a video; :mod:`.tables` the paper's tables as
+runs. The saliency metrics and loss are shared in :mod:`lightning_modules.common.saliency`. See README.md
+in this folder. Like every sonolab package, this one only documents its modules: import from them.
 """
-
-from lightning_modules.clstm_unet.augment import DEFAULT_TRANSFORMS, SequenceRandAugment
-from lightning_modules.clstm_unet.nets import CLSTMUNet, ConvLSTM, ConvLSTMCell
-
-__all__ = ["DEFAULT_TRANSFORMS", "CLSTMUNet", "ConvLSTM", "ConvLSTMCell", "SequenceRandAugment"]

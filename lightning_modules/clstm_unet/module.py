@@ -2,7 +2,7 @@
 
 Paper (Savochkina et al., ISBI 2022, Sec. 3.1): Adam, learning rate 1e-4, batch 16, early stopping, the
 KL divergence between the Gaussian gaze map and the softmax prediction as the loss. The network is
-:class:`lightning_modules.clstm_unet.nets.CLSTMUNet` (or, with ``use_temporal=False``, the spatial-only U-Net
+:class:`lightning_modules.clstm_unet.nets.ConvLSTMUNet` (or, with ``use_temporal=False``, the spatial-only U-Net
 baseline); this module only holds the steps, the optimiser and the logging.
 
 - **Loss** :func:`~lightning_modules.common.saliency.saliency_kld_loss` on the target frame's map, averaged
@@ -61,7 +61,7 @@ class CLSTMUNet(LightningModule):
             in the config and checked against the DataModule at setup. ``frame_interval`` is not used by
             the network itself but is saved with the checkpoint for streaming prediction.
         base_channels, depth, convlstm_hidden, convlstm_kernel, convlstm_layers, use_temporal,
-            share_encoder, temporal_includes_target, norm: the network (see :class:`nets.CLSTMUNet`).
+            share_encoder, temporal_includes_target, norm: the network (see :class:`nets.ConvLSTMUNet`).
         lr, betas, weight_decay: Adam.
         augment: apply RA(ra_n, ra_m) to training batches; ``ra_transforms`` a subset of the K = 16
             transforms (None = all); ``ra_mixed`` the paper's Mix.RA, with ``ra_mix_methods``.
@@ -111,7 +111,7 @@ class CLSTMUNet(LightningModule):
             raise ValueError(f"model.init_args.frame_interval must be >= 1, got {frame_interval}")
         if lr <= 0:
             raise ValueError(f"model.init_args.lr must be > 0, got {lr}")
-        self.net = nets.CLSTMUNet(
+        self.net = nets.ConvLSTMUNet(
             in_channels=in_channels,
             base_channels=base_channels,
             depth=depth,
@@ -220,7 +220,7 @@ class CLSTMUNet(LightningModule):
     @staticmethod
     def _target(batch: dict[str, Any]) -> tuple[int, Tensor, Tensor]:
         """(target index, target gaze map B×1×H×W, validity B) of a sequence batch."""
-        t = nets.CLSTMUNet._as_int_index(batch["target_index"])
+        t = nets.ConvLSTMUNet._as_int_index(batch["target_index"])
         gaze = batch["gaze"][:, :, t]
         if "gaze_valid" in batch:
             valid = batch["gaze_valid"][:, t].bool()
@@ -278,7 +278,7 @@ class CLSTMUNet(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Sequence[Any] | Tensor]:
         """Per item: where the predicted map peaks, and (when the batch has gaze) the four metrics
         against the target map (NaN where the target frame had no fixation) and the gaze map's peak."""
-        t = nets.CLSTMUNet._as_int_index(batch["target_index"])
+        t = nets.ConvLSTMUNet._as_int_index(batch["target_index"])
         pred = self(batch["video"], t).float().exp()
         pred_x, pred_y = map_peak_xy(pred)
         ids = batch.get("clip_id", [str(i) for i in range(pred.shape[0])])

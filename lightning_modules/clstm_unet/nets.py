@@ -29,8 +29,8 @@ Placement of the context (paper Table 2: before / before & after / after) is onl
 includes the target is not stated, we default to ``num_before=6`` (REFERENCE_NOTES: "sequences of 6 frames
 before the target did best").
 
-Streaming (phase 2 predictor): :meth:`CLSTMUNet.encode_frame` gives ``(skips, bottleneck)`` of one frame;
-keep the bottlenecks of past frames in a ring buffer and call :meth:`CLSTMUNet.decode` with them, so each
+Streaming (phase 2 predictor): :meth:`ConvLSTMUNet.encode_frame` gives ``(skips, bottleneck)`` of one frame;
+keep the bottlenecks of past frames in a ring buffer and call :meth:`ConvLSTMUNet.decode` with them, so each
 frame is encoded once. ``forward`` is exactly ``decode(*encode_frame(target), stacked context bottlenecks)``.
 """
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CLSTMUNet", "ConvLSTM", "ConvLSTMCell", "UNetEncoder"]
+__all__ = ["ConvLSTM", "ConvLSTMCell", "ConvLSTMUNet", "UNetEncoder"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def log_softmax_2d(logits: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class CLSTMUNet(nn.Module):
+class ConvLSTMUNet(nn.Module):
     """cLSTMU-Net video saliency predictor (or the spatial-only U-Net with ``use_temporal=False``).
 
     Args:

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import as_hw
-from lightning_modules.clstm_unet.nets import CLSTMUNet as CLSTMUNetNet
+from lightning_modules.clstm_unet.nets import ConvLSTMUNet
 
 __all__ = [
     "StreamReport",
@@ -92,7 +92,7 @@ class StreamingSaliency:
 
     def __init__(
         self,
-        net: CLSTMUNetNet,
+        net: ConvLSTMUNet,
         frame_interval: int = 1,
         device: torch.device | str = "cpu",
         autocast_dtype: torch.dtype | None = None,
@@ -181,7 +181,7 @@ class StreamingSaliency:
 
 @torch.no_grad()
 def window_predictions(
-    net: CLSTMUNetNet, video: Tensor, frame_interval: int = 1, batch_size: int = 16
+    net: ConvLSTMUNet, video: Tensor, frame_interval: int = 1, batch_size: int = 16
 ) -> Tensor:
     """Reference: the full network on every frame's (clamped) window of ``video`` C×N×H×W -> N×H×W maps.
 
@@ -293,7 +293,7 @@ class StreamReport:
 
 
 def stream_video(
-    net: CLSTMUNetNet,
+    net: ConvLSTMUNet,
     video: str | Path,
     out: str | Path,
     image_size: int | Sequence[int],
@@ -394,7 +394,7 @@ def stream_video(
 
 
 def _verify(
-    report: StreamReport, net: CLSTMUNetNet, frames: list[Tensor], frame_interval: int, out: Path
+    report: StreamReport, net: ConvLSTMUNet, frames: list[Tensor], frame_interval: int, out: Path
 ) -> StreamReport:
     """Compare the streamed maps of the first frames with the full-window reference (on the same frames
     only, so their end-of-window clamping matches a stream cut after them) and time the reference one
@@ -412,7 +412,7 @@ def _verify(
     return report
 
 
-def load_network(checkpoint: str | Path, device: str = "cpu") -> tuple[CLSTMUNetNet, dict]:
+def load_network(checkpoint: str | Path, device: str = "cpu") -> tuple[ConvLSTMUNet, dict]:
     """The network and hyper-parameters of a :class:`~lightning_modules.clstm_unet.module.CLSTMUNet`
     checkpoint."""
     from lightning_modules.clstm_unet.module import CLSTMUNet

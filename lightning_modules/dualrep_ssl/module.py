@@ -19,7 +19,8 @@ holds the steps, the optimiser and the logging:
   :class:`callbacks.dualrep_embeddings.EmbeddingWriter`.
 
 Downstream models take an encoder out of this module's checkpoint by the key prefixes in
-:data:`ENCODER_PREFIXES`.
+:data:`~lightning_modules.dualrep_ssl.nets.ENCODER_PREFIXES` (kept in the nets layer, so downstream networks
+need not import this LightningModule).
 """
 
 from __future__ import annotations
@@ -34,16 +35,9 @@ from lightning_modules.common.distributed import gather_for_contrastive
 from lightning_modules.dualrep_ssl.augment import ViewAugment
 from lightning_modules.dualrep_ssl.losses import mmcl_loss, mmsl_loss
 from lightning_modules.dualrep_ssl.metrics import InBatchRecall, SplitRecall
-from lightning_modules.dualrep_ssl.nets import DualRepNet
+from lightning_modules.dualrep_ssl.nets import ENCODER_PREFIXES, DualRepNet
 
 __all__ = ["ENCODER_PREFIXES", "DualRepSSL"]
-
-# Where each encoder lives in a DualRepSSL checkpoint's state dict (``self.net.<name>``).
-ENCODER_PREFIXES = {
-    "video": "net.video_encoder.",
-    "audio": "net.audio_encoder.",
-    "image": "net.image_encoder.",
-}
 
 EMBEDDING_NAMES = ("h_v", "h_a", "h_i", "F_v", "F_a", "F_i", "F_va", "F_vi", "mu_v", "mu_a", "mu_i")
 

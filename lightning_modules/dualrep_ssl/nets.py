@@ -10,7 +10,13 @@ Encoders (section 2.1 and 3 of the paper):
 * :class:`VideoEncoder`: torchvision R(2+1)D-18, classifier removed, 512-d;
 * :class:`AudioEncoder`: PANNs CNN14 without the AudioSet head, 2048-d.
 
-No weights are downloaded: each encoder takes an optional local ``weights_path``.
+Each encoder takes an optional ``weights_path``: a local file, or the name of the pretrained initialisation
+the paper uses, loaded by torchvision's own weights loader from the torch.hub cache (``$TORCH_HOME``; see
+:mod:`lightning_modules.common.pretrained`): ``imagenet`` (ResNet-18), ``kinetics400`` (R(2+1)D-18),
+``audioset`` (PANNs CNN14). Grey frames are repeated to the 3 channels these weights were trained on rather
+than summing the first convolution over RGB (timm's ``adapt_input_conv``): after the per-channel
+normalisation both give the same response up to a constant per channel, and the 3-channel layout keeps
+RGB data and existing checkpoints loadable.
 
 The video encoder's 3-D convolutions are :class:`LowPrecisionSafeConv3d`: on the CPU, oneDNN's bf16 / fp16
 Conv3d computes a wrong weight gradient (NaN or ~1e30) when an input dimension is smaller than the
@@ -28,10 +34,11 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.video import r2plus1d_18
 
-from lightning_modules.common.weights import load_weights
+from lightning_modules.common.pretrained import load_init
 from lightning_modules.dualrep_ssl.cnn14 import Cnn14
 
 __all__ = [
+    "ENCODER_PREFIXES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINETICS_MEAN",
@@ -46,6 +53,14 @@ __all__ = [
     "VideoEncoder",
     "make_conv3d_low_precision_safe",
 ]
+
+# Where each encoder lives in a DualRepSSL checkpoint's state dict (``DualRepSSL.net.<name>``): downstream
+# networks take an encoder out of a pretraining checkpoint by these prefixes.
+ENCODER_PREFIXES = {
+    "video": "net.video_encoder.",
+    "audio": "net.audio_encoder.",
+    "image": "net.image_encoder.",
+}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,8 +123,9 @@ class ImageEncoder(nn.Module):
     """ResNet-18 image encoder: ``B×C×H×W`` in ``[-1, 1]`` (C = 1 or 3) -> ``B×512``.
 
     Grey input is repeated to 3 channels; ``[-1, 1]`` is mapped to ``[0, 1]`` then ImageNet-normalised.
-    ``weights_path``: a local torchvision-layout ResNet-18 state dict (its ``fc.*`` keys are ignored), or
-    any checkpoint holding one under ``weights_prefix`` (e.g. ``"model.image_encoder.backbone."``).
+    ``weights_path``: ``"imagenet"`` (torchvision's ``ResNet18_Weights.IMAGENET1K_V1`` from the torch.hub
+    cache), a local torchvision-layout ResNet-18 state dict (its ``fc.*`` keys are ignored), or any
+    checkpoint holding one under ``weights_prefix`` (e.g. ``"model.image_encoder.backbone."``).
     """
 
     out_dim = 512
@@ -121,7 +137,7 @@ class ImageEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if weights_path:
-            load_weights(self.backbone, weights_path, prefix=weights_prefix, ignore=("fc.*",))
+            load_init(self.backbone, "resnet18", weights_path, prefix=weights_prefix, ignore=("fc.*",))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4:
@@ -146,8 +162,10 @@ class VideoEncoder(nn.Module):
     """R(2+1)D-18 video encoder: ``B×C×T×H×W`` in ``[-1, 1]`` (C = 1 or 3) -> ``B×512``.
 
     Grey input is repeated to 3 channels; ``[-1, 1]`` is mapped to ``[0, 1]`` then normalised with the
-    Kinetics-400 mean/std of torchvision's video models. ``weights_path``: a local torchvision-layout
-    ``r2plus1d_18`` state dict (``fc.*`` ignored), or a checkpoint holding one under ``weights_prefix``.
+    Kinetics-400 mean/std of torchvision's video models. ``weights_path``: ``"kinetics400"``
+    (torchvision's ``R2Plus1D_18_Weights.KINETICS400_V1`` from the torch.hub cache), a local
+    torchvision-layout ``r2plus1d_18`` state dict (``fc.*`` ignored), or a checkpoint holding one under
+    ``weights_prefix``.
     """
 
     out_dim = 512
@@ -159,7 +177,7 @@ class VideoEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False)
         if weights_path:
-            load_weights(self.backbone, weights_path, prefix=weights_prefix, ignore=("fc.*",))
+            load_init(self.backbone, "r2plus1d_18", weights_path, prefix=weights_prefix, ignore=("fc.*",))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if video.dim() != 5:
@@ -183,8 +201,9 @@ class VideoEncoder(nn.Module):
 class AudioEncoder(nn.Module):
     """CNN14 audio encoder without the AudioSet head: log-mel ``B×1×mels×frames`` -> ``B×2048``.
 
-    ``weights_path``: a local CNN14 checkpoint (public PANNs layout: its front-end and ``fc_audioset`` keys
-    are ignored), or a checkpoint holding one under ``weights_prefix``.
+    ``weights_path``: ``"audioset"`` (the PANNs ``Cnn14_16k_mAP=0.438.pth`` from the torch.hub cache), a
+    local CNN14 checkpoint (public PANNs layout: its front-end and ``fc_audioset`` keys are ignored), or a
+    checkpoint holding one under ``weights_prefix``.
     """
 
     out_dim = Cnn14.embedding_dim
@@ -255,8 +274,9 @@ class DualRepNet(nn.Module):
         use_mmsl: build the MMSL heads (Linear + BatchNorm1d projections to ``latent_dim``).
         latent_dim: latent dimension (512 in the paper).
         mel_bins: mel bins of the audio input (64, CNN14 16 kHz front end).
-        video_weights, audio_weights, image_weights: optional local weight files for the encoders (see
-            each encoder), with optional ``*_prefix`` inside the file.
+        video_weights, audio_weights, image_weights: optional initial weights of the encoders: a local
+            file (with optional ``*_prefix`` inside it) or the paper's pretrained source, ``kinetics400``,
+            ``audioset`` and ``imagenet`` respectively (see each encoder).
         freeze_audio: keep the audio encoder fixed (no gradients, BatchNorm/dropout in eval mode), for
             using a pretrained CNN14 as a fixed feature extractor. The paper says the audio CNN is
             pretrained but not whether it is fine-tuned; default ``False`` (fine-tuned).

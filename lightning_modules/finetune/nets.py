@@ -5,7 +5,7 @@ frames; :class:`~lightning_modules.dualrep_ssl.nets.VideoEncoder`, R(2+1)D-18, f
 of three ways (Table 1 of the paper):
 
 * ``pretrained``: a DualRepSSL Lightning checkpoint; the encoder's weights are taken out of it by the key
-  prefix in :data:`lightning_modules.dualrep_ssl.module.ENCODER_PREFIXES` ("Ours");
+  prefix in :data:`lightning_modules.dualrep_ssl.nets.ENCODER_PREFIXES` ("Ours");
 * ``weights_file``: a supervised-pretrained torchvision-layout state dict, e.g. ImageNet ResNet-18 or
   Kinetics R(2+1)D-18 weights saved locally ("ImageNet Init."); ``weights_prefix`` selects a sub-dict;
 * neither: random initialisation ("Rand. Init.").
@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.common.weights import load_state_dict_file, load_weights
-from lightning_modules.dualrep_ssl.module import ENCODER_PREFIXES
-from lightning_modules.dualrep_ssl.nets import ImageEncoder, VideoEncoder
+from lightning_modules.dualrep_ssl.nets import ENCODER_PREFIXES, ImageEncoder, VideoEncoder
 
 __all__ = ["INPUTS", "SaliencyDecoder", "build_encoder", "initialisation", "log_softmax_map"]
 

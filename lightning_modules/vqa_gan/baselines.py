@@ -17,13 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Adam
-from torch.optim.lr_scheduler import LambdaLR
 
 from .base import QualityAnomalyModule
 from .losses import stae_loss
 from .module import VideoQualityGAN
 from .nets import STAE, init_weights
-from .schedule import LinearDecayLambda
+from .schedule import linear_decay_schedule
 
 __all__ = ["ImageQualityGAN", "STAEBaseline", "stae_scores"]
 
@@ -214,5 +213,5 @@ class STAEBaseline(QualityAnomalyModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = Adam(self.stae.parameters(), lr=self.hparams.lr, betas=(self.hparams.beta1, self.hparams.beta2))
-        rule = LinearDecayLambda(self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, rule), "interval": "epoch"}}
+        scheduler = linear_decay_schedule(opt, self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

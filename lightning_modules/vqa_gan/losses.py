@@ -15,7 +15,7 @@ with ``z ~ N(0, I)``; discriminators ``0.5·(lsgan_loss(real, True) + lsgan_loss
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -31,7 +31,6 @@ __all__ = [
     "box_loss",
     "feature_cycle_loss",
     "feature_reconstruction_error",
-    "feature_score",
     "gaze_loss",
     "lsgan_loss",
     "pixel_scores",
@@ -189,18 +188,6 @@ def stae_loss(recon: Tensor, target: Tensor, pred: Tensor, future: Tensor) -> tu
 def feature_reconstruction_error(z: Tensor, z_cycle: Tensor) -> Tensor:
     """Anomaly score ``mean |z − z_cycle|`` over the feature dims: ``B×F`` (or ``B×F×1×1×1``) → ``B``."""
     return (z.float() - z_cycle.float()).abs().flatten(1).mean(dim=1)
-
-
-def feature_score(
-    encoder: Callable[..., Tensor],
-    decoder: Callable[[Tensor], Tensor],
-    video: Tensor,
-    flow: Tensor | None = None,
-) -> Tensor:
-    """The test score of the paper: ``z = E(x ⊕ o)``, ``z' = E(G(z) ⊕ o)``, return
-    :func:`feature_reconstruction_error` ``(z, z') → B``. ``encoder(video, flow)`` and ``decoder(z)``."""
-    z = encoder(video, flow)
-    return feature_reconstruction_error(z, encoder(decoder(z), flow))
 
 
 def pixel_scores(recon: Tensor, x: Tensor) -> dict[str, Tensor]:

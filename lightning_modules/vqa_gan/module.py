@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Adam
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from .base import QualityAnomalyModule, encode_flow, flow_channels
@@ -32,7 +32,7 @@ from .losses import (
 )
 from .nets import FeatureDiscriminator, VideoDecoder, VideoDiscriminator, VideoEncoder, init_weights
 from .pool import HistoryPool
-from .schedule import LinearDecayLambda
+from .schedule import linear_decay_schedule
 from .zoom import ZoomIn, box_from_theta, theta_from_box
 
 __all__ = ["VideoQualityGAN", "ZoomInPretrainer"]
@@ -244,14 +244,14 @@ class VideoQualityGAN(QualityAnomalyModule):
         return {"video": video, "flow": encoded, "gaze": gaze, "gaze_valid": valid}
 
     # ---------------------------------------------------------------------------------- training
-    def configure_optimizers(self) -> tuple[list[Adam], list[LambdaLR]]:
+    def configure_optimizers(self) -> tuple[list[Adam], list[LRScheduler]]:
         betas = (self.hparams.beta1, self.hparams.beta2)
         gen = [p for net in self.generator_nets() for p in net.parameters()]
         dis = [p for net in self.discriminator_nets() for p in net.parameters()]
         opt_g = Adam(gen, lr=self.hparams.lr, betas=betas)
         opt_d = Adam(dis, lr=self.hparams.lr, betas=betas)
-        rule = LinearDecayLambda(self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)
-        return [opt_g, opt_d], [LambdaLR(opt_g, rule), LambdaLR(opt_d, rule)]
+        epochs = (self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)
+        return [opt_g, opt_d], [linear_decay_schedule(opt_g, *epochs), linear_decay_schedule(opt_d, *epochs)]
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

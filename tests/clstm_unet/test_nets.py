@@ -1,9 +1,9 @@
-"""CLSTMUNet shapes, normalisation, placement of the context and the encode/decode split."""
+"""ConvLSTMUNet (the network of CLSTMUNet) shapes, normalisation, placement of the context and the encode/decode split."""
 
 import pytest
 import torch
 
-from lightning_modules.clstm_unet.nets import CLSTMUNet
+from lightning_modules.clstm_unet.nets import ConvLSTMUNet
 
 SMALL = dict(in_channels=1, base_channels=4, depth=2, convlstm_hidden=6)
 
@@ -21,7 +21,7 @@ def _placement(L: int, where: str) -> tuple[int, int]:
 def test_shapes_and_softmax_for_each_length_and_placement(L, where):
     torch.manual_seed(0)
     nb, na = _placement(L, where)
-    net = CLSTMUNet(**SMALL, num_before=nb, num_after=na)
+    net = ConvLSTMUNet(**SMALL, num_before=nb, num_after=na)
     assert net.sequence_length == L + 1
     video = torch.rand(2, 1, L + 1, 16, 16) * 2 - 1
     out = net(video, nb)
@@ -35,7 +35,7 @@ def test_shapes_and_softmax_for_each_length_and_placement(L, where):
 
 def test_target_index_from_batch_tensor_and_longer_video():
     torch.manual_seed(0)
-    net = CLSTMUNet(**SMALL, num_before=2, num_after=1).eval()
+    net = ConvLSTMUNet(**SMALL, num_before=2, num_after=1).eval()
     video = torch.rand(2, 1, 8, 16, 16) * 2 - 1
     with torch.no_grad():
         a = net(video, torch.tensor([5, 5]))
@@ -53,7 +53,7 @@ def test_target_index_from_batch_tensor_and_longer_video():
 @pytest.mark.parametrize(("nb", "na"), [(6, 0), (0, 4), (3, 2), (0, 0)])
 def test_forward_equals_decode_of_encoded_frames(share, nb, na):
     torch.manual_seed(0)
-    net = CLSTMUNet(**SMALL, num_before=nb, num_after=na, share_encoder=share)
+    net = ConvLSTMUNet(**SMALL, num_before=nb, num_after=na, share_encoder=share)
     # non-trivial BatchNorm running statistics, then eval (so per-frame encoding == batched encoding)
     net.train()
     with torch.no_grad():
@@ -82,15 +82,15 @@ def test_context_changes_output_only_with_temporal_path():
     other[:, :, :4] = torch.rand(1, 1, 4, 16, 16) * 2 - 1  # change only the context frames
     # GroupNorm: per-sample normalisation keeps activations O(1) at init (fresh BatchNorm running
     # statistics in eval mode shrink the bottleneck to ~1e-3 and hide the context's effect)
-    temporal = CLSTMUNet(**SMALL, num_before=4, norm="group").eval()
-    spatial = CLSTMUNet(**SMALL, num_before=4, use_temporal=False, norm="group").eval()
+    temporal = ConvLSTMUNet(**SMALL, num_before=4, norm="group").eval()
+    spatial = ConvLSTMUNet(**SMALL, num_before=4, use_temporal=False, norm="group").eval()
     with torch.no_grad():
         assert (temporal(video, 4) - temporal(other, 4)).abs().max() > 1e-5
         torch.testing.assert_close(spatial(video, 4), spatial(other, 4))
 
 
 def test_spatial_only_baseline_has_no_temporal_parameters():
-    net = CLSTMUNet(**SMALL, use_temporal=False)
+    net = ConvLSTMUNet(**SMALL, use_temporal=False)
     assert net.convlstm is None and net.fuse is None and net.temporal_encoder is None
     assert net.num_context == 0 and net.context_indices(3) == []
     out = net(torch.rand(2, 1, 1, 16, 16), 0)
@@ -98,8 +98,8 @@ def test_spatial_only_baseline_has_no_temporal_parameters():
 
 
 def test_shared_vs_separate_encoder_parameters():
-    shared = CLSTMUNet(**SMALL, num_before=2)
-    separate = CLSTMUNet(**SMALL, num_before=2, share_encoder=False)
+    shared = ConvLSTMUNet(**SMALL, num_before=2)
+    separate = ConvLSTMUNet(**SMALL, num_before=2, share_encoder=False)
     assert shared.temporal_encoder is None
     assert separate.temporal_encoder is not None
     n_enc = sum(p.numel() for p in shared.encoder.parameters())
@@ -109,23 +109,23 @@ def test_shared_vs_separate_encoder_parameters():
 
 
 def test_odd_input_size_multichannel_and_no_target_in_sequence():
-    net = CLSTMUNet(in_channels=3, base_channels=4, depth=3, num_before=2, temporal_includes_target=False)
+    net = ConvLSTMUNet(in_channels=3, base_channels=4, depth=3, num_before=2, temporal_includes_target=False)
     out = net(torch.rand(1, 3, 3, 30, 22) * 2 - 1, 2)
     assert out.shape == (1, 1, 30, 22)
     torch.testing.assert_close(out.exp().sum(), torch.tensor(1.0))
     with pytest.raises(ValueError):
-        CLSTMUNet(**SMALL, num_before=0, num_after=0, temporal_includes_target=False)
+        ConvLSTMUNet(**SMALL, num_before=0, num_after=0, temporal_includes_target=False)
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 def test_norm_options(norm):
-    net = CLSTMUNet(**SMALL, num_before=1, norm=norm)
+    net = ConvLSTMUNet(**SMALL, num_before=1, norm=norm)
     out = net(torch.rand(2, 1, 2, 16, 16), 1)
     torch.testing.assert_close(out.exp().sum(dim=(1, 2, 3)), torch.ones(2))
 
 
 def test_predict_saliency_and_bf16_autocast():
-    net = CLSTMUNet(**SMALL, num_before=2).eval()
+    net = ConvLSTMUNet(**SMALL, num_before=2).eval()
     video = torch.rand(2, 1, 3, 16, 16) * 2 - 1
     p = net.predict_saliency(video, 2)
     torch.testing.assert_close(p.sum(dim=(1, 2, 3)), torch.ones(2))

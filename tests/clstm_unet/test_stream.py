@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from datamodules.readers import VideoReader
-from lightning_modules.clstm_unet.module import CLSTMUNet as CLSTMUNetModule
-from lightning_modules.clstm_unet.nets import CLSTMUNet
+from lightning_modules.clstm_unet.module import CLSTMUNet
+from lightning_modules.clstm_unet.nets import ConvLSTMUNet
 from lightning_modules.clstm_unet.stream import (
     StreamingSaliency,
     main,
@@ -25,7 +25,7 @@ from lightning_modules.clstm_unet.stream import (
 SMALL = dict(in_channels=1, base_channels=4, depth=2, convlstm_hidden=4)
 
 
-def _net(nb: int, na: int, **kwargs) -> CLSTMUNet:
+def _net(nb: int, na: int, **kwargs) -> ConvLSTMUNet:
     """A small net with non-trivial BatchNorm statistics, in eval mode, made sensitive to its context.
 
     A freshly initialised net gives almost uniform maps that barely depend on the context frames, so any
@@ -33,7 +33,7 @@ def _net(nb: int, na: int, **kwargs) -> CLSTMUNet:
     bottleneck so that each frame of the window visibly changes the map.
     """
     torch.manual_seed(0)
-    net = CLSTMUNet(**SMALL, num_before=nb, num_after=na, **kwargs)
+    net = ConvLSTMUNet(**SMALL, num_before=nb, num_after=na, **kwargs)
     net.train()
     with torch.no_grad():
         for _ in range(3):
@@ -208,14 +208,14 @@ def test_stream_command_from_a_checkpoint(tmp_path, capsys):
     video_path = tmp_path / "scan.avi"
     _write_video(video_path, _frames(6))
     torch.manual_seed(0)
-    module = CLSTMUNetModule(
+    module = CLSTMUNet(
         image_size=16, in_channels=1, base_channels=4, depth=2, convlstm_hidden=4, num_before=1, num_after=1
     )
     ckpt = tmp_path / "model.ckpt"
     torch.save(
         {
             "state_dict": module.state_dict(),
-            CLSTMUNetModule.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
+            CLSTMUNet.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
             "pytorch-lightning_version": lightning.__version__,
         },
         ckpt,

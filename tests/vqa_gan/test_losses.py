@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +15,6 @@ from lightning_modules.vqa_gan.losses import (
     box_loss,
     feature_cycle_loss,
     feature_reconstruction_error,
-    feature_score,
     gaze_loss,
     lsgan_loss,
     pixel_scores,
@@ -21,8 +22,9 @@ from lightning_modules.vqa_gan.losses import (
     stae_loss,
     video_reconstruction_loss,
 )
+from lightning_modules.vqa_gan.module import VideoQualityGAN
 from lightning_modules.vqa_gan.pool import HistoryPool
-from lightning_modules.vqa_gan.schedule import linear_decay_lambda
+from lightning_modules.vqa_gan.schedule import linear_decay_schedule
 from lightning_modules.vqa_gan.zoom import theta_from_box
 
 
@@ -176,15 +178,21 @@ class _ReshapeDecoder(nn.Module):
         return z.reshape(z.shape[0], *self.shape)
 
 
+def _feature_score(encoder: Any, decoder: Any, video: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """The paper's test score as the module computes it (``z = E(x ⊕ o)``, ``z' = E(G(z) ⊕ o)``)."""
+    model = SimpleNamespace(encoder=encoder, decoder=decoder)
+    return VideoQualityGAN.scores_from_inputs(model, video, flow)["feature"]  # type: ignore[arg-type]
+
+
 def test_feature_score_is_exactly_zero_for_a_perfect_autoencoder():
     torch.manual_seed(0)
-    video, flow = torch.rand(3, 1, 2, 4, 4) * 2 - 1, torch.randn(3, 2, 2, 4, 4)
-    enc, dec = _FlattenEncoder(), _ReshapeDecoder((1, 2, 4, 4))
-    score = feature_score(enc, dec, video, flow)
+    video, flow = torch.rand(3, 1, 2, 16, 16) * 2 - 1, torch.randn(3, 2, 2, 16, 16)
+    enc, dec = _FlattenEncoder(), _ReshapeDecoder((1, 2, 16, 16))
+    score = _feature_score(enc, dec, video, flow)
     assert score.shape == (3,)
     assert torch.equal(score, torch.zeros(3))
     # an imperfect decoder gives a positive score
-    noisy = feature_score(enc, lambda z: dec(z) + 0.1, video, flow)
+    noisy = _feature_score(enc, lambda z: dec(z) + 0.1, video, flow)
     torch.testing.assert_close(noisy, torch.full((3,), 0.1))
 
 
@@ -227,20 +235,43 @@ def test_box_loss_hand_values():
 
 
 # -------------------------------------------------------------------------------------- schedule
-def test_linear_decay_lambda_values_and_scheduler():
-    f = linear_decay_lambda(2, 3)
-    assert [f(e) for e in range(7)] == pytest.approx([1, 1, 0.75, 0.5, 0.25, 0, 0])
-    g = pickle.loads(pickle.dumps(linear_decay_lambda(100, 100)))
-    assert g(99) == 1 and g(100) == pytest.approx(1 - 1 / 101) and g(199) == pytest.approx(1 / 101)
-    assert g(200) == 0
-    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=2e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+def _cyclegan_linear_factor(n_constant: int, n_decay: int, epoch: int) -> float:
+    """CycleGAN's "linear" rule as its code writes it (the LambdaLR lambda this schedule replaced)."""
+    return max(0.0, 1.0 - max(0, epoch + 1 - n_constant) / float(n_decay + 1))
+
+
+def _lrs(n_constant: int, n_decay: int, epochs: int, lr: float = 2e-4) -> list[float]:
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = linear_decay_schedule(opt, n_constant, n_decay)
+    pickle.dumps(sched)  # checkpoints and DDP spawn pickle it
     lrs = []
-    for _ in range(5):
+    for _ in range(epochs):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([2e-4, 2e-4, 1.5e-4, 1e-4, 0.5e-4])
+    return lrs
+
+
+def test_linear_decay_schedule_known_values():
+    assert _lrs(2, 3, 7) == pytest.approx([2e-4, 2e-4, 1.5e-4, 1e-4, 0.5e-4, 0, 0], abs=1e-18)
+    published = _lrs(100, 100, 202, lr=1.0)
+    assert published[99] == 1 and published[100] == pytest.approx(1 - 1 / 101)
+    assert published[199] == pytest.approx(1 / 101) and published[200] == pytest.approx(0, abs=1e-15)
+
+
+@pytest.mark.parametrize("n_constant", [0, 1, 2, 5])
+@pytest.mark.parametrize("n_decay", [0, 1, 3, 100])
+def test_linear_decay_schedule_equals_the_lambda_rule_every_epoch(n_constant, n_decay):
+    """torch's LinearLR/SequentialLR give the LR the hand-written lambda gave, epoch by epoch."""
+    epochs = n_constant + n_decay + 3
+    expected = [2e-4 * _cyclegan_linear_factor(n_constant, n_decay, e) for e in range(epochs)]
+    assert _lrs(n_constant, n_decay, epochs) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_linear_decay_schedule_rejects_negative_lengths():
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="n_constant and n_decay must be >= 0"):
+        linear_decay_schedule(opt, -1, 2)
 
 
 # ------------------------------------------------------------------------------------------ pool
