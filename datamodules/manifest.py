@@ -43,8 +43,12 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "clips": ("clip_id", "scan_id", "start_frame", "end_frame", "label", "split"),
     "images": ("image", "plane", "split", "role"),
     "pairs": ("better", "worse", "plane"),
-    "boxes": ("scan_id", "frame", "x0", "y0", "x1", "y1"),
+    "boxes": ("x0", "y0", "x1", "y1"),
 }
+
+#: a box row names where its frame is: ``scan_id`` + ``frame`` (a frame of a scan's video) or ``image`` (an
+#: image of images.csv); the header must hold at least one of these column sets.
+BOX_SOURCES: dict[str, tuple[str, ...]] = {"scans": ("scan_id", "frame"), "images": ("image",)}
 
 #: optional columns the parser understands (others are kept in ``ImageRecord.extra`` or ignored).
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -52,7 +56,7 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "clips": ("quality",),
     "images": ("subject_id",),
     "pairs": ("split",),
-    "boxes": (),
+    "boxes": ("scan_id", "frame", "image"),
 }
 
 #: ``report(file, row, column, message, severity)``; severity is ``"error"`` or ``"warning"``.
@@ -114,13 +118,17 @@ class PairRecord:
 
 @dataclass(frozen=True)
 class BoxRecord:
-    scan_id: str
-    frame: int
+    """A box on frame ``frame`` of scan ``scan_id``, or (``scan_id`` and ``frame`` None) on ``image``, an
+    image of images.csv (after validation: its ``image_id``)."""
+
+    scan_id: str | None
+    frame: int | None
     x0: float
     y0: float
     x1: float
     y1: float
     row: int
+    image: str | None = None
 
 
 @dataclass
@@ -173,6 +181,14 @@ class Manifests:
             if clip.scan_id == scan_id:
                 return clip.split
         return None
+
+    def box_split(self, box: BoxRecord) -> str | None:
+        """A box's split: its image's split, or its scan's (:meth:`scan_split`)."""
+        if box.image is not None:
+            image = self.images.get(box.image)
+            return image.split if image is not None else None
+        assert box.scan_id is not None
+        return self.scan_split(box.scan_id)
 
     def fps(self, scan_id: str) -> float:
         """Frame rate of a scan: the ``fps`` column, else the one stored in the video container."""
@@ -362,6 +378,19 @@ def check_header(name: str, table: Table, report: Reporter) -> bool:
     file = MANIFEST_FILES[name]
     missing = [c for c in REQUIRED_COLUMNS[name] if c not in table.columns]
     dupes = sorted({c for c in table.columns if c and table.columns.count(c) > 1})
+    if name == "boxes" and not any(all(c in table.columns for c in cs) for cs in BOX_SOURCES.values()):
+        have = [c for cs in BOX_SOURCES.values() for c in cs if c in table.columns]
+        missing += [c for c in BOX_SOURCES["scans"] if c not in table.columns] if have else []
+        if not have:
+            report(
+                file,
+                None,
+                None,
+                "no column saying where a box is: give scan_id + frame (a frame of a scan's video) or image "
+                f"(an image of images.csv) (header has: {', '.join(c for c in table.columns if c) or 'nothing'})",
+                "error",
+            )
+            return False
     ok = True
     if missing:
         report(
@@ -502,12 +531,26 @@ def parse_pairs(table: Table, report: Reporter) -> list[PairRecord]:
 
 
 def parse_boxes(table: Table, report: Reporter) -> list[BoxRecord]:
+    """Boxes on a scan's frame (``scan_id`` + ``frame``) or on an image (``image``): exactly one per row."""
     file = MANIFEST_FILES["boxes"]
     out: list[BoxRecord] = []
     for line, row in table.rows:
         c = _RowChecker(file, line, row, report)
-        scan_id = c.required("scan_id")
-        frame = c.frame("frame")
+        scan_id: str | None = None
+        frame: int | None = None
+        image = c.get("image") or None
+        on_scan = bool(c.get("scan_id") or c.get("frame"))
+        if image is not None and on_scan:
+            c.error(
+                "image",
+                f"the row names both an image ({image!r}) and a scan frame "
+                f"(scan_id {c.get('scan_id')!r}, frame {c.get('frame')!r}): give exactly one of them",
+            )
+        elif image is None and not on_scan and "image" in table.columns:
+            c.error("image", "empty: give an image of images.csv, or scan_id + frame")
+        elif image is None:
+            scan_id = c.required("scan_id")
+            frame = c.frame("frame")
         x0, y0, x1, y1 = (c.unit(k) for k in ("x0", "y0", "x1", "y1"))
         if x0 is not None and x1 is not None and x0 >= x1:
             c.error("x1", f"x0 {x0:g} >= x1 {x1:g} (need x0 < x1)")
@@ -515,8 +558,23 @@ def parse_boxes(table: Table, report: Reporter) -> list[BoxRecord]:
             c.error("y1", f"y0 {y0:g} >= y1 {y1:g} (need y0 < y1)")
         if c.failed:
             continue
-        assert scan_id and frame is not None
-        out.append(BoxRecord(scan_id, frame, x0, y0, x1, y1, line))  # type: ignore[arg-type]
+        out.append(BoxRecord(scan_id, frame, x0, y0, x1, y1, line, image))  # type: ignore[arg-type]
+    return out
+
+
+def box_references(root: str | Path) -> dict[str, str]:
+    """What the rows of ``root/boxes.csv`` reference: ``{"scans": why, "images": why}`` for the manifests they
+    name (scan_id / image cells); empty when the file is absent or unreadable (its validation says why)."""
+    path = Path(root) / MANIFEST_FILES["boxes"]
+    try:
+        table = read_table(path)
+    except (TableError, OSError):
+        return {}
+    out: dict[str, str] = {}
+    if any(row.get("scan_id") for _, row in table.rows):
+        out["scans"] = "boxes.csv reference scans by scan_id"
+    if any(row.get("image") for _, row in table.rows):
+        out["images"] = "boxes.csv reference images of images.csv by image"
     return out
 
 

@@ -7,6 +7,11 @@ Video frames are read by index with OpenCV: one seek to the smallest requested i
 ``grab()``/``retrieve()`` forward (a per-frame seek is several times slower on H.264 and seeking
 accuracy is the backend's, not ours). :class:`VideoReader` opens its capture lazily, once per
 process, so a reader created in the main process can be used inside DataLoader workers.
+
+DICOM cine loops (what ultrasound machines export: ``.dcm`` files, or any file with the ``DICM`` preamble)
+are read as videos through pydicom (the optional extra ``pip install 'sonolab[dicom]'``): its own decoders
+and colour conversion (YBR to RGB, palette colour), the frame rate from the DICOM timing tags. A still image
+given as a video is an error that says so and what to do instead.
 """
 
 from __future__ import annotations
@@ -28,20 +33,28 @@ import torchaudio
 from datamodules.errors import DataError
 
 __all__ = [
+    "DicomVideo",
     "GazeTrack",
     "LogMel",
     "MediaError",
     "VideoInfo",
     "VideoReader",
     "audio_info",
+    "dicom_fps",
     "fixations_for_frames",
     "gaze_maps",
+    "is_dicom",
     "load_audio",
     "load_gaze",
     "probe_video",
     "read_image",
     "worker_init",
 ]
+
+#: files taken for still images when given as a video (cv2.VideoCapture would "open" them as 0-frame videos).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOM_INSTALL = "pip install 'sonolab[dicom]'"
 
 
 class MediaError(DataError):
@@ -70,9 +83,30 @@ class VideoInfo:
 _INHERITED_CAPTURES: list[cv2.VideoCapture] = []
 
 
+def _still_image_error(path: Path) -> MediaError:
+    return MediaError(
+        f"{path}: a still image, not a video: a scans.csv video must be a video file or a DICOM cine loop. "
+        "List still images in images.csv instead (boxes for zoom-in pretraining can point at them: "
+        "python -m datamodules.masks writes images.csv and boxes.csv from a folder of images and segmentation "
+        "masks), or pack the frames of one scan into one video file (e.g. with ffmpeg or cv2.VideoWriter)"
+    )
+
+
+def _is_still_image(path: Path) -> bool:
+    """An image file by name, or by content (a PNG/JPEG/... signature OpenCV's image reader recognises)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        return bool(cv2.haveImageReader(str(path))) and path.suffix.lower() != ".gif"
+    except cv2.error:
+        return False
+
+
 def _open_capture(path: Path) -> cv2.VideoCapture:
     if not path.is_file():
         raise MediaError(f"{path}: video file not found")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise _still_image_error(path)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
@@ -82,6 +116,8 @@ def _open_capture(path: Path) -> cv2.VideoCapture:
 
 def _info_from_capture(path: Path, cap: cv2.VideoCapture) -> VideoInfo:
     frame_count = round(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if frame_count <= 0 and _is_still_image(path):
+        raise _still_image_error(path)
     if frame_count <= 0:
         raise MediaError(f"{path}: video reports no frames (CAP_PROP_FRAME_COUNT = {frame_count})")
     fps = float(cap.get(cv2.CAP_PROP_FPS))
@@ -109,9 +145,15 @@ def probe_video(path: str | os.PathLike, check_last_frame: bool = True) -> Video
     With ``check_last_frame`` the last frame the container claims is decoded; when that fails (a
     truncated file) a binary search finds the first undecodable frame and :class:`MediaError` names
     it. Seeking in a truncated file is less reliable than decoding it forward, so the frame named is
-    the first one *found* undecodable; the frames before it decode.
+    the first one *found* undecodable; the frames before it decode. A DICOM file (:func:`is_dicom`) is read
+    with pydicom (:class:`DicomVideo`); its last frame is decoded with ``check_last_frame``.
     """
     path = Path(path)
+    if is_dicom(path):
+        dicom = DicomVideo(path)
+        if check_last_frame:
+            dicom.frame(dicom.info.frame_count - 1)
+        return dicom.info
     cap = _open_capture(path)
     try:
         info = _info_from_capture(path, cap)
@@ -139,6 +181,157 @@ def probe_video(path: str | os.PathLike, check_last_frame: bool = True) -> Video
         f"{path}: frame {bad}: truncated or corrupt video: container reports {info.frame_count} frames "
         f"but frame {bad} cannot be decoded (frames 0..{good} decode)"
     )
+
+
+# ----------------------------------------------------------------------------------------------- DICOM
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """A ``.dcm`` / ``.dicom`` file, or any file with the DICOM preamble (``DICM`` at byte 128)."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def _pydicom(path: Path):
+    try:
+        import pydicom
+        import pydicom.pixels
+    except ImportError:
+        raise MediaError(
+            f"{path}: a DICOM file: reading DICOM cine loops needs pydicom >= 3.0, which is not installed: "
+            f"{DICOM_INSTALL}"
+        ) from None
+    return pydicom
+
+
+def _positive(value: object) -> float | None:
+    """A DICOM numeric value (DS/IS, maybe a string) as a positive finite float, else None."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def dicom_fps(ds) -> float:
+    """Frame rate of a DICOM cine loop from its timing tags; 0.0 when it has none.
+
+    The acquisition timing comes first, since gaze and audio are aligned with frames by time: Frame Time
+    (0018,1063, ms per frame), then Frame Time Vector (0018,1065, ms since the previous frame, the first
+    entry 0: the mean of the others), then the display rates Cine Rate (0018,0040) and Recommended Display
+    Frame Rate (0008,2144), in frames per second.
+    """
+    frame_time = _positive(ds.get("FrameTime"))
+    if frame_time is not None:
+        return 1000.0 / frame_time
+    vector = ds.get("FrameTimeVector")
+    if vector is not None:
+        values = (
+            list(vector) if not isinstance(vector, str | bytes) and hasattr(vector, "__iter__") else [vector]
+        )
+        steps = [v for v in (_positive(x) for x in values[1:]) if v is not None]
+        if steps and len(steps) == len(values) - 1:
+            return 1000.0 / (sum(steps) / len(steps))
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        rate = _positive(ds.get(keyword))
+        if rate is not None:
+            return rate
+    return 0.0
+
+
+class DicomVideo:
+    """A DICOM file read as a video: ``info`` (frames, fps from :func:`dicom_fps`, size) and ``frame(i)``
+    (uint8 H×W grey or H×W×3 BGR, like an OpenCV frame).
+
+    Pixel data are decoded by pydicom (compressed transfer syntaxes need its decoder plugins), YBR colour is
+    converted to RGB and palette colour applied with pydicom's own helpers, MONOCHROME1 is inverted, and
+    samples of more than 8 bits are scaled from their Bits Stored range to 0-255.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MediaError(f"{self.path}: video file not found")
+        pydicom = _pydicom(self.path)
+        try:
+            # large values (the pixel data) are read only when a frame is decoded
+            self.ds = pydicom.dcmread(str(self.path), defer_size="512 KB")
+        except Exception as exc:  # InvalidDicomError, a truncated header, ...
+            raise MediaError(f"{self.path}: not a readable DICOM file ({exc})") from None
+        ds = self.ds
+        if "PixelData" not in ds:
+            raise MediaError(
+                f"{self.path}: DICOM file without pixel data (a report or structured document, not a cine loop)"
+            )
+        rows, cols = _positive(ds.get("Rows")), _positive(ds.get("Columns"))
+        if rows is None or cols is None:
+            raise MediaError(f"{self.path}: DICOM file without Rows / Columns")
+        frames = int(_positive(ds.get("NumberOfFrames")) or 1)
+        self.info = VideoInfo(self.path, frames, dicom_fps(ds), int(cols), int(rows))
+
+    def _decode(self, index: int) -> np.ndarray:
+        from pydicom.pixels import pixel_array  # one frame; YBR_FULL / YBR_FULL_422 converted to RGB
+
+        return pixel_array(self.ds, index=index)
+
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` as uint8 H×W (grey) or H×W×3 (BGR)."""
+        n = self.info.frame_count
+        if not 0 <= index < n:
+            raise MediaError(f"{self.path}: frame {index}: out of range (video has {n} frames)")
+        try:
+            arr = np.asarray(self._decode(index))
+            pi = str(self.ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+            if pi == "PALETTE COLOR":
+                from pydicom.pixels import apply_color_lut
+
+                arr = apply_color_lut(arr, self.ds)
+        except MediaError:
+            raise
+        except Exception as exc:  # truncated pixel data, a transfer syntax without a decoder, ...
+            syntax = getattr(getattr(self.ds, "file_meta", None), "TransferSyntaxUID", None)
+            hint = (
+                f"its transfer syntax {syntax.name} is compressed: install a pydicom decoder plugin for it "
+                "(pylibjpeg, pillow or gdcm)"
+                if syntax is not None and syntax.is_compressed
+                else "truncated or corrupt DICOM file"
+            )
+            raise MediaError(
+                f"{self.path}: frame {index}: DICOM pixel data cannot be decoded ({exc}); {hint}"
+            ) from None
+        arr = self._to_uint8(arr, pi)
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            return cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim != 2:
+            raise MediaError(f"{self.path}: frame {index}: unsupported DICOM pixel layout {arr.shape}")
+        return arr
+
+    def _to_uint8(self, arr: np.ndarray, pi: str) -> np.ndarray:
+        if arr.dtype != np.uint8:
+            if arr.dtype.kind == "f":
+                lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+                arr = (np.nan_to_num(arr) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+            else:
+                bits = int(_positive(self.ds.get("BitsStored")) or arr.dtype.itemsize * 8)
+                if pi == "PALETTE COLOR":  # LUT entries are 8 or 16 bits
+                    bits = 16 if arr.max(initial=0) > 255 else 8
+                wide = arr.astype(np.float64)
+                if arr.dtype.kind == "i":
+                    wide += 2.0 ** (bits - 1)
+                arr = wide * (255.0 / (2.0**bits - 1))
+            arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        if pi == "MONOCHROME1":  # 0 = white
+            arr = 255 - arr
+        return arr
 
 
 def _to_channels(img: np.ndarray, channels: int, rgb_order: bool) -> np.ndarray:
@@ -196,8 +389,17 @@ class VideoReader:
         self._cap: cv2.VideoCapture | None = None
         self._pid: int | None = None
         self._pos: int | None = None  # index of the frame the next grab() returns
+        self._dicom: DicomVideo | None = None  # a DICOM cine loop is read with pydicom, not OpenCV
 
     # -- lifecycle
+    def _dicom_video(self) -> DicomVideo | None:
+        """The pydicom reader when the file is DICOM (opened once), else None."""
+        if self._dicom is None and is_dicom(self.path):
+            self._dicom = DicomVideo(self.path)
+            if self._info is None:
+                self._info = self._dicom.info
+        return self._dicom
+
     def _capture(self) -> cv2.VideoCapture:
         pid = os.getpid()
         if self._cap is not None and self._pid != pid:
@@ -212,6 +414,7 @@ class VideoReader:
         return self._cap
 
     def close(self) -> None:
+        self._dicom = None
         if self._cap is not None and self._pid == os.getpid():
             self._cap.release()
         elif self._cap is not None:
@@ -226,7 +429,7 @@ class VideoReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_cap=None, _pid=None, _pos=None)
+        state.update(_cap=None, _pid=None, _pos=None, _dicom=None)
         return state
 
     def __repr__(self) -> str:
@@ -234,7 +437,7 @@ class VideoReader:
 
     @property
     def info(self) -> VideoInfo:
-        if self._info is None:
+        if self._info is None and self._dicom_video() is None:
             self._capture()
         assert self._info is not None
         return self._info
@@ -270,6 +473,9 @@ class VideoReader:
         return out
 
     def _decode(self, target: int) -> np.ndarray:
+        dicom = self._dicom_video()
+        if dicom is not None:
+            return dicom.frame(target)
         cap = self._capture()
         if self._pos is None or target < self._pos or target - self._pos > self.max_forward_gap:
             if not cap.set(cv2.CAP_PROP_POS_FRAMES, target):

@@ -3,7 +3,8 @@
     python -m datamodules.validate DIR [--require scans,clips] [--splits train,val] [--shallow]
 
 checks the manifests that exist (``--require`` default: those present, plus ``scans.csv`` when
-``clips.csv`` or ``boxes.csv`` reference scans and ``images.csv`` when ``pairs.csv`` names images);
+``clips.csv`` or ``boxes.csv`` reference scans and ``images.csv`` when ``pairs.csv`` or ``boxes.csv`` name
+images);
 
 prints one line per problem (``file:row: column: what is wrong``, row = line number in the
 CSV with the header on line 1) and a summary line; exits 0 without errors, 1 with errors,
@@ -41,6 +42,7 @@ from datamodules.manifest import (
     ScanRecord,
     Table,
     TableError,
+    box_references,
     check_header,
     parse_boxes,
     parse_clips,
@@ -272,16 +274,20 @@ def _parse_require(require: Require) -> dict[str, str]:
 
 def present_requirements(root: str | os.PathLike) -> dict[str, str]:
     """What a dataset folder must hold, judged from what it holds (the validator's default): every manifest
-    present, plus ``scans.csv`` when ``clips.csv`` / ``boxes.csv`` (which name scans) exist and
-    ``images.csv`` when ``pairs.csv`` (which names images) exists."""
+    present, plus ``scans.csv`` when ``clips.csv`` exists or ``boxes.csv`` has boxes on scan frames, and
+    ``images.csv`` when ``pairs.csv`` exists or ``boxes.csv`` has boxes on images."""
     root = Path(root)
     present = [name for name, file in MANIFEST_FILES.items() if (root / file).exists()]
     need = {name: "" for name in present}
-    referencing = [MANIFEST_FILES[n] for n in ("clips", "boxes") if n in present]
+    boxes = box_references(root) if "boxes" in present else {}
+    referencing = [MANIFEST_FILES["clips"]] if "clips" in present else []
+    referencing += [MANIFEST_FILES["boxes"]] if "scans" in boxes else []
     if referencing:
         need.setdefault("scans", f"{' and '.join(referencing)} reference scans by scan_id")
-    if "pairs" in present:
-        need.setdefault("images", "pairs.csv names images of images.csv")
+    naming = ["pairs.csv names images of images.csv"] if "pairs" in present else []
+    naming += [boxes["images"]] if "images" in boxes else []
+    if naming:
+        need.setdefault("images", "; ".join(naming))
     return need
 
 
@@ -658,39 +664,93 @@ class _Validator:
                 )
         return clips
 
-    def check_boxes(self, scans: dict[str, ScanRecord]) -> list[BoxRecord]:
+    def check_boxes(self, scans: dict[str, ScanRecord], images: dict[str, ImageRecord]) -> list[BoxRecord]:
+        """Boxes on scan frames (the scan is valid, the frame inside its video) or on images (listed in
+        images.csv and valid there: it exists and decodes); an image box holds its image's ``image_id``."""
         table = self.tables["boxes"]
         if table is None:
             return []
         file = MANIFEST_FILES["boxes"]
         boxes = parse_boxes(table, self.p)
-        if self.tables["scans"] is None:
-            if boxes:
+        on_scans = [b for b in boxes if b.image is None]
+        on_images = [b for b in boxes if b.image is not None]
+        out: list[BoxRecord] = []
+        for kept, needed, what in (
+            (on_scans, "scans", "the scans of"),
+            (on_images, "images", "the images of"),
+        ):
+            if kept and self.tables[needed] is None:
                 self.p.error(
                     file,
                     None,
-                    "scan_id",
-                    f"cannot check the scans of {_plural(len(boxes), 'box')}: "
-                    "scans.csv is missing or unusable",
+                    "image" if needed == "images" else "scan_id",
+                    f"cannot check {what} {_plural(len(kept), 'box')}: {MANIFEST_FILES[needed]} is missing "
+                    "or unusable",
                 )
-                for box in boxes:
+                for box in kept:
                     self.p.failed.add((file, box.row))
-            return boxes
-        scan_lines = self._scan_lines()
+        if on_scans and self.tables["scans"] is not None:
+            scan_lines = self._scan_lines()
+            for box in on_scans:
+                assert box.scan_id is not None and box.frame is not None
+                scan = self._check_scan_ref(file, box.row, box.scan_id, scans, scan_lines)
+                if scan is None:
+                    continue
+                info = self.video_info.get(scan.scan_id)
+                if info is not None and box.frame >= info.frame_count:
+                    self.p.error(
+                        file,
+                        box.row,
+                        "frame",
+                        f"frame {box.frame} is past the end of {self.rel(scan.video)} "
+                        f"({info.frame_count} frames)",
+                    )
+        refs = self._image_refs()
         for box in boxes:
-            scan = self._check_scan_ref(file, box.row, box.scan_id, scans, scan_lines)
-            if scan is None:
+            if box.image is not None and self.tables["images"] is not None:
+                image_id = self._check_image_ref(file, box.row, "image", box.image, images, refs)
+                if image_id is not None and image_id != box.image:
+                    box = BoxRecord(None, None, box.x0, box.y0, box.x1, box.y1, box.row, image_id)
+            out.append(box)
+        return out
+
+    def _image_refs(self) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+        """Every images.csv row (valid or not), by id as written and by normalised path."""
+        by_id: dict[str, int] = {}
+        by_path: dict[str, tuple[str, int]] = {}
+        itable = self.tables["images"]
+        for line, row in itable.rows if itable is not None else ():
+            written = row.get("image", "")
+            if not written:
                 continue
-            info = self.video_info.get(scan.scan_id)
-            if info is not None and box.frame >= info.frame_count:
-                self.p.error(
-                    file,
-                    box.row,
-                    "frame",
-                    f"frame {box.frame} is past the end of {self.rel(scan.video)} "
-                    f"({info.frame_count} frames)",
-                )
-        return boxes
+            by_id.setdefault(written, line)
+            by_path.setdefault(_normkey(resolve_path(self.root, written)), (written, line))
+        return by_id, by_path
+
+    def _check_image_ref(
+        self,
+        file: str,
+        row: int,
+        column: str,
+        written: str,
+        images: dict[str, ImageRecord],
+        refs: tuple[dict[str, int], dict[str, tuple[str, int]]],
+    ) -> str | None:
+        """The ``image_id`` of an image named in another manifest (as written, or the same path written
+        differently), or None after an error: not in images.csv, or invalid there."""
+        by_id, by_path = refs
+        if written in by_id:
+            image_id, line = written, by_id[written]
+        elif _normkey(resolve_path(self.root, written)) in by_path:
+            image_id, line = by_path[_normkey(resolve_path(self.root, written))]
+        else:
+            self.p.error(file, row, column, f"image {written!r} is not in images.csv")
+            return None
+        image = images.get(image_id)
+        if image is None or not self.p.ok(MANIFEST_FILES["images"], image.row):
+            self.p.error(file, row, column, f"image {written!r} is invalid (images.csv:{line})")
+            return None
+        return image_id
 
     # -- images, pairs ------------------------------------------------------------------------------
     def check_images(self) -> dict[str, ImageRecord]:
@@ -732,7 +792,6 @@ class _Validator:
         if table is None:
             return []
         file = MANIFEST_FILES["pairs"]
-        ifile = MANIFEST_FILES["images"]
         pairs = parse_pairs(table, self.p)
         itable = self.tables["images"]
         if itable is None:
@@ -746,34 +805,13 @@ class _Validator:
                 for pair in pairs:
                     self.p.failed.add((file, pair.row))
             return pairs
-        # every images.csv row (valid or not), by id as written and by normalised path
-        by_id: dict[str, int] = {}
-        by_path: dict[str, tuple[str, int]] = {}
-        for line, row in itable.rows:
-            written = row.get("image", "")
-            if not written:
-                continue
-            by_id.setdefault(written, line)
-            by_path.setdefault(_normkey(resolve_path(self.root, written)), (written, line))
-
+        refs = self._image_refs()
         out: list[PairRecord] = []
         for pair in pairs:
-            ids: list[str | None] = []
-            for column, written in (("better", pair.better), ("worse", pair.worse)):
-                if written in by_id:
-                    image_id, line = written, by_id[written]
-                elif _normkey(resolve_path(self.root, written)) in by_path:
-                    image_id, line = by_path[_normkey(resolve_path(self.root, written))]
-                else:
-                    self.p.error(file, pair.row, column, f"image {written!r} is not in images.csv")
-                    ids.append(None)
-                    continue
-                image = images.get(image_id)
-                if image is None or not self.p.ok(ifile, image.row):
-                    self.p.error(file, pair.row, column, f"image {written!r} is invalid (images.csv:{line})")
-                    ids.append(None)
-                    continue
-                ids.append(image_id)
+            ids = [
+                self._check_image_ref(file, pair.row, column, written, images, refs)
+                for column, written in (("better", pair.better), ("worse", pair.worse))
+            ]
             better, worse = ids
             if better is not None and worse is not None:
                 if better == worse:
@@ -804,10 +842,11 @@ class _Validator:
             ("scans", "clips"),
             ("images", "images"),
             ("scans", "boxes"),
+            ("images", "boxes"),
         ):
             table = self.tables[name]
             for _, row in table.rows if table is not None else ():
-                if name != "images" or row.get("role", "") == "train":
+                if counted_in != "images" or row.get("role", "") == "train":
                     written[MANIFEST_FILES[counted_in]].add(row.get("split", ""))
         self.p.problems.extend(
             p
@@ -852,7 +891,8 @@ class _Validator:
         return found
 
     def _fail_dependants(self, m: Manifests, file: str, row_id: str, row: int) -> None:
-        """The clips and boxes of a scan, or the pairs of an image, that became invalid after being checked."""
+        """The clips and boxes of a scan, or the pairs and boxes of an image, that became invalid after being
+        checked."""
         f = MANIFEST_FILES
         if file == f["scans"]:
             why = f"scan {row_id} is invalid (scans.csv:{row})"
@@ -863,6 +903,9 @@ class _Validator:
                 if box.scan_id == row_id:
                     self.p.error(f["boxes"], box.row, "scan_id", why)
             return
+        for box in m.boxes:
+            if box.image == row_id:
+                self.p.error(f["boxes"], box.row, "image", f"image {row_id!r} is invalid (images.csv:{row})")
         for pair in m.pairs:
             for column, image_id in (("better", pair.better), ("worse", pair.worse)):
                 if image_id == row_id:
@@ -875,8 +918,8 @@ class _Validator:
         self.load_tables()
         scans = self.check_scans()
         clips = self.check_clips(scans)
-        boxes = self.check_boxes(scans)
         images = self.check_images()
+        boxes = self.check_boxes(scans, images)
         pairs = self.check_pairs(images)
 
         ok = self.p.ok
@@ -989,9 +1032,9 @@ def empty_split_problems(
                         ),
                     )
                 )
-    # boxes (zoom-in pretraining) take the split of their scan: train only, like images
+    # boxes (zoom-in pretraining) take the split of their scan or image: train only, like images
     if "boxes" in require and "clips" not in require and "train" in splits:
-        unsplit = sorted({b.scan_id for b in m.boxes if m.scan_split(b.scan_id) is None})
+        unsplit = sorted({b.scan_id for b in m.boxes if b.scan_id is not None and m.box_split(b) is None})
         if unsplit:
             out.append(
                 (
@@ -1005,7 +1048,7 @@ def empty_split_problems(
                     ),
                 )
             )
-        if not any(m.scan_split(b.scan_id) == "train" for b in m.boxes):
+        if not any(m.box_split(b) == "train" for b in m.boxes):
             out.append(
                 (
                     "train",
@@ -1013,8 +1056,8 @@ def empty_split_problems(
                         MANIFEST_FILES["boxes"],
                         None,
                         "split",
-                        "the 'train' split has no valid box (a box takes its scan's split): put some scans "
-                        f"with boxes in 'train', {hint}",
+                        "the 'train' split has no valid box (a box takes the split of its scan or image): put "
+                        f"some scans or images with boxes in 'train', {hint}",
                     ),
                 )
             )
@@ -1153,7 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
         "--require",
         default=None,
         help="comma-separated manifests that must exist (scans, clips, images, pairs, boxes); default: the "
-        "manifests present, plus scans when clips or boxes reference them and images when pairs do; "
+        "manifests present, plus scans when clips or boxes reference them and images when pairs or boxes do; "
         "'' for none",
     )
     parser.add_argument(

@@ -39,7 +39,7 @@ from datamodules.readers import VideoInfo
 log = logging.getLogger("sonolab.data")
 
 #: bump when the validator's checks or this file's layout change: old entries are then never read.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: boxes on images (BoxRecord.image), still-image and DICOM video checks
 
 #: manifest name -> the columns that hold media paths.
 MEDIA_COLUMNS: dict[str, tuple[str, ...]] = {"scans": ("video", "gaze", "audio"), "images": ("image",)}
