@@ -8,6 +8,7 @@ over whole scans (unlabelled pretraining, quality-over-time prediction).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,6 +349,16 @@ class VideoClipDataModule(SonoDataModule):
             self.classes = sorted({it.label for split in items.values() for it in split if it.label})
         self.items = items
         return items
+
+    def split_composition(self, split: str) -> dict[tuple[str, int], int]:
+        """``{(label, quality): number of items}`` of a split after the filters (quality -1 = unknown).
+
+        The public summary a model checks its task against (VideoQualityGAN: the training split must hold
+        its normal class only), without reading this DataModule's items. Needs ``setup`` first.
+        """
+        if self.items is None:
+            raise RuntimeError("split_composition() needs the DataModule set up first (setup())")
+        return dict(Counter((item.label, item.quality) for item in self.items.get(split, [])))
 
     def make_item(
         self,

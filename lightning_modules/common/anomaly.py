@@ -7,13 +7,14 @@ normal / high quality; a higher score means more anomalous; a sample is predicte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_stat_scores
 
-__all__ = ["auc", "best_f1_threshold", "binary_metrics"]
+__all__ = ["auc", "best_auc_score", "best_f1_threshold", "binary_metrics"]
 
 ArrayLike = Tensor | Sequence[float] | Sequence[int]
 
@@ -88,3 +89,17 @@ def auc(scores: ArrayLike, labels: ArrayLike) -> float:
     span = s.max() - s.min()
     s = (s - s.min()) / span if span > 0 else torch.zeros_like(s)
     return float(binary_auroc(s, y))
+
+
+def best_auc_score(aucs: Mapping[str, float]) -> str | None:
+    """The name of the score with the highest finite AUC; ties go to the earliest in the mapping's order
+    (the model's default score first). None when no AUC is finite (e.g. a split holding one class).
+
+    Used to pick the primary anomaly score on validation for a new domain, where the score the paper
+    preferred may rank the classes inversely.
+    """
+    best: str | None = None
+    for name, value in aucs.items():
+        if math.isfinite(value) and (best is None or value > aucs[best]):
+            best = name
+    return best

@@ -5,7 +5,12 @@ evaluated the same way, so that one class holds the parts that must not differ b
 
 * **Task labels.** The normal (high-quality) class is ``label == normal_label`` (``transventricular``)
   *and* ``quality == 1``; every other clip with a known quality is anomalous (target 1 = low quality);
-  clips of unknown quality (``quality == -1``) get target -1 and are left out of the metrics.
+  clips of unknown quality (``quality == -1``) get target -1 and are left out of the metrics. The model
+  learns the normal class only, so ``fit`` checks that the training data holds nothing else: at setup
+  from the DataModule's ``split_composition("train")`` (every training clip's label and quality), else on
+  every batch of the first training epoch; either way a training clip of another class stops the run
+  with an error naming ``data.init_args.train_filter`` and ``model.init_args.normal_label`` (dropping
+  the filter would otherwise train the detector on anomalies, silently).
 * **Zoom-in.** A frozen, pretrained :class:`~lightning_modules.vqa_gan.zoom.ZoomIn` crops every clip
   around its main structure inside the model. The optical flow arrives from the data layer computed on
   the full frames; :func:`~lightning_modules.vqa_gan.zoom.warp_flow` resamples it with the same crop and
@@ -18,7 +23,9 @@ evaluated the same way, so that one class holds the parts that must not differ b
 * **Scores and metrics.** ``score_batch`` (per model) returns per-clip anomaly scores (higher = more
   anomalous). Validation and test gather them across ranks (torchmetrics ``CatMetric``) and report the
   AUC of every score; for the primary score also F1/ACC/SEN/SPE at the threshold that maximises F1 on the
-  validation split. That threshold is a buffer (saved in checkpoints) carried to test; test also reports
+  validation split. ``score: auto`` makes the primary score the one with the highest validation AUC,
+  chosen again at every validation epoch together with its threshold (both are buffers, so a checkpoint
+  holds the pair it was selected with). That threshold is a buffer (saved in checkpoints) carried to test; test also reports
   the metrics at its own best-F1 ("oracle") threshold, as the official code does, under ``test/oracle_*``.
 * **Predict** returns clip id, label, quality, the task target, every score, the threshold and the
   high/low-quality decision.
@@ -37,13 +44,21 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchvision.utils import flow_to_image
 
-from lightning_modules.common.anomaly import auc, best_f1_threshold, binary_metrics
+from lightning_modules.common.anomaly import auc, best_auc_score, best_f1_threshold, binary_metrics
+from lightning_modules.common.contracts import Evaluation
 
 from .zoom import ZoomIn, warp, warp_flow, warp_gaze
 
-__all__ = ["FLOW_ENCODINGS", "QualityAnomalyModule", "encode_flow", "zoom_hparams_from_checkpoint"]
+__all__ = [
+    "FLOW_ENCODINGS",
+    "SCORE_AUTO",
+    "QualityAnomalyModule",
+    "encode_flow",
+    "zoom_hparams_from_checkpoint",
+]
 
 FLOW_ENCODINGS = ("raw", "color")
+SCORE_AUTO = "auto"
 _TARGET_COLUMNS = ("target", "label", "quality")
 
 
@@ -103,8 +118,13 @@ class QualityAnomalyModule(LightningModule):
             the sonolab checkout).
         zoom_s_min, zoom_localizer_size: must match the zoom checkpoint (checked when it has hparams).
         zoom_frame_index: the frame the crop is predicted from (-1: the freeze frame).
-        normal_label: the label of the normal class (with quality 1).
-        score: the primary score (thresholded metrics, ``val/auc``, the decision); one of ``score_names``.
+        normal_label: the label of the normal class (with quality 1); the configs interpolate it into
+            ``data.init_args.train_filter`` so the task is typed once, and ``fit`` checks the training
+            data against it.
+        score: the primary score (thresholded metrics, ``val/auc`` and so the checkpoint kept, the
+            decision); one of ``score_names``, or ``auto``: at every validation epoch the score of the
+            highest validation AUC (ties: the earlier in ``score_names``), logged as
+            ``val/primary_score_index`` (an index into ``score_names``) and a log line when it changes.
     """
 
     score_names: tuple[str, ...] = ()
@@ -129,9 +149,11 @@ class QualityAnomalyModule(LightningModule):
         self.frame_size = int(size[0])
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-        if score not in self.score_names:
-            raise ValueError(f"model.init_args.score={score!r} is not one of {self.score_names}")
-        self.primary_score = score
+        if score != SCORE_AUTO and score not in self.score_names:
+            raise ValueError(
+                f"model.init_args.score={score!r} is not one of {(*self.score_names, SCORE_AUTO)}"
+            )
+        self.score_choice = score
         self.normal_label = normal_label
         self.use_zoom = bool(use_zoom)
         self.zoom_checkpoint = zoom_checkpoint
@@ -143,6 +165,10 @@ class QualityAnomalyModule(LightningModule):
         # True once the zoom holds pretrained weights; saved so restored runs need no zoom file
         self.register_buffer("zoom_ready", torch.tensor(False))
         self.register_buffer("threshold", torch.tensor(float("nan"), dtype=torch.float64))
+        # the primary score as an index into score_names: with score=auto it changes with the threshold
+        # (both chosen on validation) and is saved with it; a fixed score never changes it
+        first = 0 if score == SCORE_AUTO else self.score_names.index(score)
+        self.register_buffer("primary_score_index", torch.tensor(first, dtype=torch.long))
         columns = (*self.score_names, *_TARGET_COLUMNS)
         self.eval_store = nn.ModuleDict(
             {
@@ -152,7 +178,24 @@ class QualityAnomalyModule(LightningModule):
         )
         self.class_names: list[str] = []
         self.normal_index = -1
-        self.last_evaluation: dict[str, dict[str, Any]] = {}
+        self.last_evaluation: dict[str, Evaluation] = {}  # read by callbacks.vqa_plots (common/contracts.py)
+        self._announced_primary: str | None = None
+        # the training-task check: done at setup when the DataModule reports its training composition,
+        # else on every batch of the first training epoch of this fit (`_batch_check_epoch`)
+        self._task_checked = False
+        self._batch_check_epoch: int | None = None
+
+    @property
+    def primary_score(self) -> str:
+        """The name of the primary score (fixed by ``score``, or the one ``score: auto`` chose last)."""
+        return self.score_names[int(self.primary_score_index)]
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # checkpoints written before the score choice existed have no index: they used the configured score
+        state_dict.setdefault(prefix + "primary_score_index", self.primary_score_index.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------------ zoom weights
     def train(self, mode: bool = True) -> QualityAnomalyModule:
@@ -211,6 +254,12 @@ class QualityAnomalyModule(LightningModule):
             )
         if datamodule is not None:
             self.check_data(datamodule)
+        if stage == "fit":
+            self._task_checked = False
+            self._batch_check_epoch = None
+            composition = getattr(datamodule, "split_composition", None)
+            if callable(composition):
+                self.check_training_task(composition("train"))
         if self._trainer is not None and self.trainer.ckpt_path is None:
             # no checkpoint will restore the zoom-in: load it now, so a missing file stops the run before it
             # creates its folder or W&B run
@@ -218,6 +267,48 @@ class QualityAnomalyModule(LightningModule):
 
     def check_data(self, datamodule: Any) -> None:
         """Subclasses check the DataModule matches the model (frames, modalities)."""
+
+    # ------------------------------------------------------------------------------ the task
+    def is_normal(self, label: str, quality: int) -> bool:
+        return label == self.normal_label and quality == 1
+
+    def _task_error(self, offending: dict[tuple[str, int], int], where: str) -> ValueError:
+        listed = ", ".join(
+            f"{n} x {label or '<no label>'} (quality {'unknown' if quality < 0 else quality})"
+            for (label, quality), n in sorted(offending.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        return ValueError(
+            f"{where} holds {sum(offending.values())} clip(s) that are not of the normal class "
+            f"(model.init_args.normal_label={self.normal_label!r} with quality 1): {listed}. "
+            f"{type(self).__name__} learns the normal class only, so training on these would teach it the "
+            "anomalies. Set data.init_args.train_filter to {labels: [<normal_label>], quality: [1]} "
+            "(configs/vqa.yaml interpolates it from model.init_args.normal_label), or set "
+            "model.init_args.normal_label to the label of your high-quality clips"
+        )
+
+    def check_training_task(self, composition: dict[tuple[str, int], int]) -> None:
+        """Every training clip is of the normal class (``{(label, quality): count}`` of the training split)."""
+        offending = {key: n for key, n in composition.items() if n and not self.is_normal(*key)}
+        if offending:
+            raise self._task_error(offending, "the training split")
+        self._task_checked = True
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Without a DataModule that reports its training composition, check the first epoch's batches."""
+        if self._task_checked or not isinstance(batch, dict) or "label" not in batch:
+            return
+        if self._batch_check_epoch is None:
+            self._batch_check_epoch = int(self.current_epoch)
+        if self.current_epoch != self._batch_check_epoch:
+            self._task_checked = True  # a whole epoch (every training clip) was checked
+            return
+        target = self.task_target(batch)
+        if bool((target != 0).any()):
+            offending: dict[tuple[str, int], int] = {}
+            for i in torch.nonzero(target != 0).flatten().tolist():
+                key = (self.label_name(int(batch["label"][i])), int(batch["quality"][i]))
+                offending[key] = offending.get(key, 0) + 1
+            raise self._task_error(offending, f"training batch {batch_idx}")
 
     def ensure_zoom(self) -> None:
         """Load the zoom checkpoint unless the zoom already holds pretrained weights.
@@ -335,7 +426,10 @@ class QualityAnomalyModule(LightningModule):
         metrics: dict[str, float] = {}
         for name, s in scores.items():
             metrics[f"{stage}/auc_{name}"] = auc(s, y) if both_classes and finite[name] else math.nan
+        if stage == "val" and self.score_choice == SCORE_AUTO and not self._sanity_checking():
+            self._choose_primary({name: metrics[f"val/auc_{name}"] for name in self.score_names})
         metrics[f"{stage}/auc"] = metrics[f"{stage}/auc_{self.primary_score}"]
+        metrics[f"{stage}/primary_score_index"] = float(self.primary_score_index)
         primary = scores[self.primary_score]
         usable = both_classes and finite[self.primary_score]
         if not both_classes:
@@ -379,6 +473,26 @@ class QualityAnomalyModule(LightningModule):
             "sanity": self._sanity_checking(),
         }
         return metrics
+
+    def _choose_primary(self, aucs: dict[str, float]) -> None:
+        """``score: auto``: the score of the highest validation AUC becomes the primary one (kept when no
+        AUC is defined, e.g. a validation split of one class)."""
+        chosen = best_auc_score(aucs)
+        if chosen is None:
+            return
+        self.primary_score_index.fill_(self.score_names.index(chosen))
+        if chosen != self._announced_primary:
+            self._announced_primary = chosen
+            listed = ", ".join(f"{name} {value:.3f}" for name, value in aucs.items())
+            rank_zero_info(
+                f"score: auto: primary score is now {chosen!r} at epoch {self.current_epoch} "
+                f"(validation AUC {listed}); it sets val/auc, the threshold and the decision"
+            )
+        if aucs[chosen] < 0.5:
+            rank_zero_warn(
+                f"score: auto: every score ranks the validation classes inversely (best: {chosen} AUC "
+                f"{aucs[chosen]:.3f} < 0.5): the model scores high-quality clips as more anomalous"
+            )
 
     def on_validation_epoch_end(self) -> None:
         metrics = self._summarise("val")
