@@ -1,4 +1,5 @@
-"""A cache of decoded, resized frames (and optionally Farneback flow), read back by memory map.
+"""A cache of decoded, resized frames (and optionally Farneback flow and its colour image), read back by
+memory map.
 
 Decoding and optical flow are computed once (``ClipCache.build``, from ``prepare_data``) and stored
 under ``cache_root/<key[:16]>``, where the key hashes the dataset fingerprint, the preprocessing
@@ -6,6 +7,8 @@ parameters and the item list. Layout of a complete cache directory::
 
     frames.npy   (total_frames, H, W, C) uint8, items back to back
     flow.npy     (total_frames, 2, H, W) float16 (dx, dy), only with CacheParams.flow
+    flow_color.npy (total_frames, 3, H, W) uint8, the colour image of flow.npy (``flow_color_image``),
+                 only with CacheParams.flow_color
     index.json   {item_id: [offset, length]} into the first axis
     params.json  human-readable parameters, key, fingerprint, sizes
     COMPLETE     written last; holds the full key
@@ -42,7 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datamodules.errors import DataError
-from datamodules.flow import FlowParams, farneback_flow
+from datamodules.flow import FlowParams, farneback_flow, flow_color_image
 from datamodules.readers import VideoReader
 
 __all__ = ["CacheError", "CacheParams", "CacheView", "ClipCache", "ClipSpec", "dataset_fingerprint"]
@@ -79,11 +82,14 @@ class ClipSpec:
 @dataclass(frozen=True)
 class CacheParams:
     """Frames resized to ``size`` = (height, width) with ``channels`` 1 (grey) or 3 (RGB); with ``flow``,
-    Farneback flow over each item's own frame sequence in cached order (flow[0] = 0), computed on grey."""
+    Farneback flow over each item's own frame sequence in cached order (flow[0] = 0), computed on grey;
+    with ``flow_color`` (needs ``flow``) also the colour image of that flow (computed once here instead
+    of at every training step: VideoQualityGAN's ``flow_encoding: color``)."""
 
     size: tuple[int, int]
     channels: int = 1
     flow: FlowParams | None = None
+    flow_color: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
@@ -91,13 +97,20 @@ class CacheParams:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if min(self.size) <= 0:
             raise ValueError(f"size must be positive, got {self.size}")
+        if self.flow_color and self.flow is None:
+            raise ValueError("flow_color needs flow parameters (the colour image is drawn from the flow)")
 
     def as_dict(self) -> dict:
-        return {
+        """The parameters in the cache key. ``flow_color`` appears only when on, so caches without it keep
+        their key (and are not rebuilt) while a colour cache never matches one built without it."""
+        out = {
             "size": list(self.size),
             "channels": self.channels,
             "flow": None if self.flow is None else self.flow.as_dict(),
         }
+        if self.flow_color:
+            out["flow_color"] = True
+        return out
 
 
 def dataset_fingerprint(root: str | os.PathLike, files: Iterable[str | os.PathLike]) -> str:
@@ -149,6 +162,11 @@ def _compute_item(
 _WORKER_MAPS: dict[str, np.ndarray] = {}
 
 
+def _color_path(flow_path: Path) -> Path:
+    """``flow_color.npy`` next to ``flow.npy``."""
+    return flow_path.with_name("flow_color.npy")
+
+
 def _open_rw(path: Path) -> np.ndarray:
     key = str(path)
     if key not in _WORKER_MAPS:
@@ -162,15 +180,17 @@ def _run_task(
 ) -> list[str]:
     """Compute one group of items of one video and write them into the memmaps; returns their ids once
     their data is flushed to disk. ``on_item(item_id)`` is called after each item's data is flushed (the
-    serial build commits each item)."""
+    serial build commits each item). The colour flow image (``params.flow_color``) is drawn from the
+    float16 flow as stored, so it equals the colour image of the flow a DataLoader reads back."""
     video, frames_path, flow_path, params, items = task
     frames_mm = _open_rw(frames_path)
     flow_mm = _open_rw(flow_path) if flow_path is not None else None
+    color_mm = _open_rw(_color_path(flow_path)) if flow_path is not None and params.flow_color else None
 
     def flush() -> None:
-        frames_mm.flush()
-        if flow_mm is not None:
-            flow_mm.flush()
+        for mm in (frames_mm, flow_mm, color_mm):
+            if mm is not None:
+                mm.flush()
 
     with VideoReader(video) as reader:
         for spec, offset in items:
@@ -180,6 +200,8 @@ def _run_task(
             frames_mm[offset : offset + n] = frames
             if flow_mm is not None:
                 flow_mm[offset : offset + n] = flow
+            if color_mm is not None:
+                color_mm[offset : offset + n] = flow_color_image(flow)
             if on_item is not None:
                 flush()
                 on_item(spec.item_id)
@@ -397,6 +419,8 @@ class ClipCache:
         shapes = [(frames_path, np.uint8, (total, H, W, C))]
         if flow_path is not None:
             shapes.append((flow_path, np.float16, (total, 2, H, W)))
+            if self.params.flow_color:
+                shapes.append((_color_path(flow_path), np.uint8, (total, 3, H, W)))
         done = _read_journal(tmp) if all(_npy_shape(p) == shape for p, _, shape in shapes) else set()
         if not done:
             for path, dtype, shape in shapes:
@@ -429,9 +453,8 @@ class ClipCache:
                         _run_task(task, on_item=lambda item_id: commit([item_id]))
             finally:
                 bar.close()
-            _WORKER_MAPS.pop(str(frames_path), None)
-            if flow_path is not None:
-                _WORKER_MAPS.pop(str(flow_path), None)
+            for path, _, _ in shapes:
+                _WORKER_MAPS.pop(str(path), None)
         (tmp / "index.json").write_text(json.dumps(index))
         meta = {
             "version": CACHE_VERSION,
@@ -448,6 +471,14 @@ class ClipCache:
                 "shape": [total, 2, H, W],
                 "dtype": "float16",
                 "channels": ["dx", "dy"],
+            },
+            "flow_color": None
+            if flow_path is None or not self.params.flow_color
+            else {
+                "file": "flow_color.npy",
+                "shape": [total, 3, H, W],
+                "dtype": "uint8",
+                "channels": ["R", "G", "B"],
             },
             "videos": sorted({str(s.video) for s in self.specs}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -504,8 +535,10 @@ class CacheView:
             raise CacheError(f"clip cache {self.path}: unreadable index ({e})") from None
         self._index = {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
         self._has_flow = (self.path / "flow.npy").is_file()
+        self._has_flow_color = (self.path / "flow_color.npy").is_file()
         self._frames: np.ndarray | None = None
         self._flow: np.ndarray | None = None
+        self._flow_color: np.ndarray | None = None
         self._pid: int | None = None
 
     @property
@@ -523,13 +556,16 @@ class CacheView:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_frames=None, _flow=None, _pid=None)
+        state.update(_frames=None, _flow=None, _flow_color=None, _pid=None)
         return state
 
     def _maps(self) -> tuple[np.ndarray, np.ndarray | None]:
         if self._frames is None or self._pid != os.getpid():
             self._frames = np.load(self.path / "frames.npy", mmap_mode="r")
             self._flow = np.load(self.path / "flow.npy", mmap_mode="r") if self._has_flow else None
+            self._flow_color = (
+                np.load(self.path / "flow_color.npy", mmap_mode="r") if self._has_flow_color else None
+            )
             self._pid = os.getpid()
         return self._frames, self._flow
 
@@ -549,3 +585,10 @@ class CacheView:
         off, n = self._span(item_id)
         flow = self._maps()[1]
         return None if flow is None else flow[off : off + n]
+
+    def flow_color(self, item_id: str) -> np.ndarray | None:
+        """length×3×H×W uint8 colour image of the flow (read-only memmap slice), or None when the cache
+        has none (built without ``CacheParams.flow_color``)."""
+        off, n = self._span(item_id)
+        self._maps()
+        return None if self._flow_color is None else self._flow_color[off : off + n]

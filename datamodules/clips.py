@@ -34,7 +34,7 @@ from datamodules.readers import (
 
 log = logging.getLogger("sonolab.data")
 
-MODALITIES = ("video", "flow", "gaze", "audio", "image")
+MODALITIES = ("video", "flow", "flow_color", "gaze", "audio", "image")
 SOURCES = ("clips", "windows")
 IMAGE_FRAMES = ("random", "last")
 TARGETS = ("label", "quality")
@@ -162,6 +162,12 @@ class ClipDataset(Dataset):
             if flow is None:
                 raise RuntimeError("flow was requested but the cache holds none; rebuild the cache")
             sample["flow"] = torch.from_numpy(np.asarray(flow, dtype=np.float32)).permute(1, 0, 2, 3)
+        if "flow_color" in self.modalities:
+            color = self.cache.flow_color(item.item_id)
+            if color is None:
+                raise RuntimeError("flow_color was requested but the cache holds none; rebuild the cache")
+            # 3×T×H×W in [-1, 1], the same arithmetic as VideoQualityGAN's per-step "color" encoding
+            sample["flow_color"] = torch.from_numpy(np.array(color)).permute(1, 0, 2, 3).float() / 127.5 - 1.0
         if "gaze" in self.modalities:
             points = item.gaze_points or []
             maps, valid = gaze_maps(points, self.hw[0], self.hw[1], self.gaze_sigma)
@@ -182,7 +188,9 @@ class VideoClipDataModule(SonoDataModule):
     Args (beyond SonoDataModule's):
         num_frames: T, frames per sample.
         frame_interval: k, frames between samples (the VQA paper: 8 frames at an 8-frame interval).
-        modalities: any of video, flow, gaze, audio, image (a frame of the clip).
+        modalities: any of video, flow, flow_color, gaze, audio, image (a frame of the clip). ``flow_color``
+            is the colour image of the flow (3×T×H×W in [-1, 1], torchvision's ``flow_to_image`` per
+            frame), computed once in the clip cache: VideoQualityGAN's ``flow_encoding: color`` input.
         source: "clips" (rows of clips.csv) or "windows" (sliding windows over every scan: unlabelled
             pretraining, quality over time); windows take their split from the scan.
         window_stride: frames between consecutive windows when source="windows".
@@ -404,8 +412,12 @@ class VideoClipDataModule(SonoDataModule):
 
     # ------------------------------------------------------------------ cache
     def cache_params(self) -> CacheParams:
+        color = "flow_color" in self.modalities
         return CacheParams(
-            size=self.hw, channels=self.channels, flow=self.flow_params if "flow" in self.modalities else None
+            size=self.hw,
+            channels=self.channels,
+            flow=self.flow_params if color or "flow" in self.modalities else None,
+            flow_color=color,
         )
 
     def clip_cache(self) -> ClipCache:

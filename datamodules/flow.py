@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+from torchvision.utils import flow_to_image
 
-__all__ = ["FlowParams", "farneback_flow"]
+__all__ = ["FlowParams", "farneback_flow", "flow_color_image"]
 
 
 @dataclass(frozen=True)
@@ -85,4 +87,22 @@ def farneback_flow(frames: np.ndarray, params: FlowParams = FlowParams()) -> np.
         out[0, t] = flow[..., 0]
         out[1, t] = flow[..., 1]
         prev = cur
+    return out
+
+
+def flow_color_image(flow: np.ndarray) -> np.ndarray:
+    """The colour-coded image of a flow ``T×2×H×W`` (any float dtype, pixels) → ``T×3×H×W`` uint8.
+
+    torchvision's ``flow_to_image`` (the Middlebury colour wheel: hue = direction, saturation = length),
+    each frame on its own, normalised by that frame's largest vector: the 3-channel flow image the VQA
+    paper's official code fed its encoder. Computed in float32 from the values given, so the colour image
+    of the cache's float16 flow equals what encoding that flow at every training step gave.
+    """
+    flow = np.asarray(flow)
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"flow must be T×2×H×W, got shape {flow.shape}")
+    frames = torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))
+    out = np.empty((flow.shape[0], 3, *flow.shape[2:]), np.uint8)
+    for t, frame in enumerate(frames):
+        out[t] = flow_to_image(frame).numpy()
     return out

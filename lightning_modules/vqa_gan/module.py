@@ -83,7 +83,9 @@ class VideoQualityGAN(QualityAnomalyModule):
         num_frames: T of the clips (``${data.init_args.num_frames}`` in the configs); checked at setup.
         use_flow: concatenate optical flow to the video (needs ``flow`` in the data modalities).
         flow_encoding: ``"raw"`` (2 channels, tanh(flow / (flow_scale·W))) or ``"color"`` (3 channels,
-            the colour-coded flow image of the official code). ``flow_scale``: see ``encode_flow``.
+            the colour-coded flow image of the official code). ``flow_scale``: see ``encode_flow``. With
+            ``color`` and ``use_zoom: false``, put ``flow_color`` in the data modalities (instead of
+            ``flow``): the image is then computed once in the clip cache, not at every step.
         w_gaze: gaze-loss weight; > 0 builds the gaze decoder G_d' (needs ``gaze`` in the modalities),
             0 trains without gaze (the video-only and with-flow variants).
         gaze_loss: ``"l1"`` (the paper, Eq. 4) or ``"mse"`` (the official code).
@@ -212,6 +214,8 @@ class VideoQualityGAN(QualityAnomalyModule):
         modalities = set(getattr(datamodule, "modalities", None) or [])
         if modalities:
             needed = {"video"} | ({"flow"} if self.use_flow else set())
+            if self.uses_cached_color_flow() and "flow_color" in modalities:
+                needed.discard("flow")
             missing = needed - modalities
             if missing:
                 raise ValueError(
@@ -229,18 +233,33 @@ class VideoQualityGAN(QualityAnomalyModule):
         if stage == "fit":
             enable_ddp_unused_parameters(self.trainer.strategy)
 
+    def uses_cached_color_flow(self) -> bool:
+        """``flow_encoding: color`` without the zoom-in can take the cache's colour flow image (the data
+        modality ``flow_color``, computed once) instead of colouring the flow at every step. With the
+        zoom-in it cannot: the colour image is normalised by each frame's largest vector, which must be
+        that of the zoomed flow, so the raw flow is warped and coloured per step."""
+        return self.use_flow and self.flow_encoding == "color" and not self.use_zoom
+
     def inputs(self, batch: dict[str, Any], with_gaze: bool) -> dict[str, Tensor | None]:
         """Zoomed video, encoded flow and (for training) zoomed gaze maps with their validity."""
         video = batch["video"]
-        flow = self.require(batch, "flow", "use_flow is true") if self.use_flow else None
+        cached = batch.get("flow_color") if self.uses_cached_color_flow() else None
+        flow = None
+        if self.use_flow and cached is None:
+            flow = self.require(batch, "flow", "use_flow is true")
         gaze = valid = None
         if with_gaze and self.use_gaze:
             gaze = self.require(batch, "gaze", f"w_gaze={self.w_gaze} > 0")
             valid = batch.get("gaze_valid")
         video, flow, gaze, valid = self.zoom_inputs(video, flow, gaze, valid)
-        encoded = (
-            None if flow is None else encode_flow(flow, self.flow_encoding, self.flow_scale).to(video.dtype)
-        )
+        if cached is not None:
+            encoded = cached.to(video.dtype)  # equals encode_flow(flow, "color"): tests/data/test_flow.py
+        else:
+            encoded = (
+                None
+                if flow is None
+                else encode_flow(flow, self.flow_encoding, self.flow_scale).to(video.dtype)
+            )
         return {"video": video, "flow": encoded, "gaze": gaze, "gaze_valid": valid}
 
     # ---------------------------------------------------------------------------------- training

@@ -375,3 +375,29 @@ def test_full_disk_is_a_clear_error(dataset, tmp_path, monkeypatch):
     with pytest.raises(CacheError, match=r"No space left on device.*the disk is full: free space there"):
         cache.build(progress=False)
     assert not cache.is_complete()
+
+
+def test_color_flow_is_the_colour_image_of_the_cached_flow(dataset, tmp_path):
+    """``flow_color`` caches, per item, ``flow_color_image`` of the float16 flow as stored (so it equals
+    what colouring the read-back flow gives); it needs flow, and caches without it keep their key."""
+    from datamodules.flow import flow_color_image
+
+    root, specs = dataset
+    params = CacheParams(size=(32, 32), channels=1, flow=FLOW, flow_color=True)
+    cache = ClipCache(tmp_path, _fp(root), params, specs)
+    view = CacheView(cache.build(progress=False))
+    for s in specs:
+        color = view.flow_color(s.item_id)
+        assert color.dtype == np.uint8 and color.shape == (len(s.frame_indices), 3, 32, 32)
+        np.testing.assert_array_equal(color, flow_color_image(view.flow(s.item_id)))
+    assert json.loads((cache.path / "params.json").read_text())["flow_color"]["file"] == "flow_color.npy"
+    assert cache.path != ClipCache(tmp_path, _fp(root), PARAMS, specs).path
+    assert PARAMS.as_dict() == {"size": [32, 32], "channels": 1, "flow": FLOW.as_dict()}
+    assert (
+        CacheView(ClipCache(tmp_path, _fp(root), PARAMS, specs[:1]).build(progress=False)).flow_color(
+            specs[0].item_id
+        )
+        is None
+    )
+    with pytest.raises(ValueError, match="flow_color needs flow"):
+        CacheParams(size=(32, 32), flow_color=True)

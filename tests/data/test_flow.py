@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules.flow import FlowParams, farneback_flow
+from datamodules.flow import FlowParams, farneback_flow, flow_color_image
 
 
 def _texture(n: int, sigma: float, seed: int = 0) -> np.ndarray:
@@ -77,3 +77,62 @@ def test_shapes_and_validation():
     frames = np.random.default_rng(0).integers(0, 256, (2, 16, 16), dtype=np.uint8)
     ref = cv2.calcOpticalFlowFarneback(frames[0], frames[1], None, 0.5, 3, 3, 3, 5, 1.1, 0)
     np.testing.assert_array_equal(farneback_flow(frames, nomedian)[:, 1], ref.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------ colour flow image
+def test_flow_color_image_known_colours():
+    """Middlebury wheel: zero motion is white; the frame's largest vector pointing right (+x) is pure red;
+    each frame is normalised by its own largest vector (frame 1 is frame 0 scaled by 5: same image)."""
+    flow = np.zeros((2, 2, 3, 4), np.float32)
+    flow[0, 0, 1, 2] = 2.0  # one vector (dx=2, dy=0), the frame's largest
+    flow[1] = flow[0] * 5
+    img = flow_color_image(flow)
+    assert img.dtype == np.uint8 and img.shape == (2, 3, 3, 4)
+    assert tuple(img[0, :, 1, 2]) == (255, 0, 0)
+    assert (img[0, :, 0, 0] == 255).all()  # white
+    np.testing.assert_array_equal(img[0], img[1])
+    with pytest.raises(ValueError, match="T×2×H×W"):
+        flow_color_image(np.zeros((2, 3, 4), np.float32))
+
+
+def test_cached_color_flow_equals_the_per_step_encoding(tiny_dataset, tmp_path):
+    """The clip cache's colour flow (modality ``flow_color``) is exactly VideoQualityGAN's per-step
+    ``encode_flow(flow, "color")`` of the same batch's flow, and the model without zoom feeds it to the
+    encoder unchanged; a colour cache has its own key."""
+    import torch
+
+    from datamodules.clips import VideoClipDataModule
+    from lightning_modules.vqa_gan.base import encode_flow
+    from lightning_modules.vqa_gan.module import VideoQualityGAN
+
+    dm = VideoClipDataModule(
+        root=str(tiny_dataset),
+        synthetic=None,
+        image_size=32,
+        num_frames=4,
+        frame_interval=2,
+        modalities=["video", "flow", "flow_color"],
+        batch_size=3,
+        cache_dir=str(tmp_path),
+    )
+    assert dm.cache_params().flow_color
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    color = batch["flow_color"]
+    assert color.shape == (3, 3, 4, 32, 32) and color.dtype == torch.float32
+    assert batch["flow"].abs().max() > 0.1, "the synthetic clips move: the colour image is not all white"
+    torch.testing.assert_close(color, encode_flow(batch["flow"], "color", 0.03), rtol=0, atol=0)
+
+    model = VideoQualityGAN(
+        image_size=32, num_frames=4, use_zoom=False, zoom_checkpoint=None, flow_encoding="color", w_gaze=0
+    )
+    model_input = model.inputs({"video": batch["video"], "flow_color": color}, with_gaze=False)["flow"]
+    torch.testing.assert_close(model_input, encode_flow(batch["flow"], "color", 0.03), rtol=0, atol=0)
+
+    plain = VideoClipDataModule(
+        root=str(tiny_dataset), synthetic=None, image_size=32, num_frames=4, frame_interval=2,
+        modalities=["video", "flow"], cache_dir=str(tmp_path),
+    )  # fmt: skip
+    assert not plain.cache_params().flow_color and "flow_color" not in plain.cache_params().as_dict()
+    assert plain.clip_cache().path != dm.clip_cache().path
