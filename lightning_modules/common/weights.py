@@ -5,11 +5,13 @@ Two functions:
 * :func:`load_state_dict_file` reads a file with ``torch.load(weights_only=True)`` and returns the flat
   ``{name: tensor}`` state dict inside it, whatever the container: a plain state dict, a dict holding it
   under ``"state_dict"`` (Lightning checkpoints) or ``"model"`` (PANNs and many research repositories).
-* :func:`load_weights` loads such a file into a module, optionally keeping only the keys under a prefix
+* :func:`load_weights` (:func:`load_state_dict_into` for a state dict in memory) loads such a file into a module, optionally keeping only the keys under a prefix
   (stripped, e.g. ``"model.encoder."`` to take an encoder out of a Lightning checkpoint) and ignoring keys
   by pattern. Errors name the file and list the missing, unexpected and shape-mismatched keys.
 
-Nothing here downloads anything: every path is a local file.
+Nothing here downloads anything: every path is a local file. Named pretrained sources (``imagenet``,
+``kinetics400``, ``audioset``) are resolved from the standard caches by :mod:`.pretrained`, which hands
+their state dicts to :func:`load_state_dict_into`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["format_keys", "load_state_dict_file", "load_weights"]
+__all__ = ["format_keys", "load_state_dict_file", "load_state_dict_into", "load_weights"]
 
 # Containers in which checkpoints commonly nest the state dict, tried in this order.
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
@@ -126,12 +128,36 @@ def load_weights(
         ValueError: ``prefix`` matches no key of the file.
         RuntimeError: ``strict`` and some key is missing, unexpected or shape-mismatched.
     """
-    state = load_state_dict_file(path)
+    return load_state_dict_into(
+        module,
+        load_state_dict_file(path),
+        origin=f"weights file {path}",
+        prefix=prefix,
+        strict=strict,
+        ignore=ignore,
+    )
+
+
+def load_state_dict_into(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    origin: str,
+    prefix: str | None = None,
+    strict: bool = True,
+    ignore: Sequence[str] = (),
+) -> tuple[list[str], list[str]]:
+    """:func:`load_weights` for a state dict already in memory (e.g. one a pretrained-weights cache gave).
+
+    ``origin`` names where ``state`` came from in the error messages (``"weights file /x.pth"``,
+    ``"ImageNet ResNet-18 (/cache/resnet18-f37072fd.pth)"``). Other arguments and the return value as in
+    :func:`load_weights`.
+    """
+    state = dict(state)
     if prefix:
         stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not stripped:
             raise ValueError(
-                f"prefix {prefix!r} matches no key of {path}; its keys are {format_keys(list(state))}"
+                f"prefix {prefix!r} matches no key of {origin}; its keys are {format_keys(list(state))}"
             )
         state = stripped
     state = {k: v for k, v in state.items() if not _matches(k, ignore)}
@@ -148,7 +174,7 @@ def load_weights(
 
     if missing or unexpected or mismatched:
         lines = [
-            f"weights file {path} does not fit {type(module).__name__}"
+            f"{origin} does not fit {type(module).__name__}"
             + (f" (prefix {prefix!r})" if prefix else "")
             + ":"
         ]

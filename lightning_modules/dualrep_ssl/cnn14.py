@@ -21,7 +21,9 @@ module (augmentation belongs to the data layer).
 Public checkpoints (e.g. ``Cnn14_16k_mAP=0.438.pth``) also hold the front end's fixed STFT/mel weights
 (``spectrogram_extractor.*``, ``logmel_extractor.*``). :meth:`Cnn14.load_pretrained` accepts and ignores
 them. Such checkpoints nest the weights under ``"model"``; :func:`~lightning_modules.common.weights.
-load_state_dict_file` finds them there.
+load_state_dict_file` finds them there. ``load_pretrained("audioset")`` reads the official 16 kHz file
+(Zenodo record 3987831) from ``$TORCH_HOME/hub/checkpoints/Cnn14_16k_mAP=0.438.pth``, downloading it there
+when a network allows (:mod:`lightning_modules.common.pretrained`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.common.weights import load_weights
+from lightning_modules.common.pretrained import load_init
 
 __all__ = ["CNN14_CHANNELS", "FRONT_END_KEYS", "Cnn14", "ConvBlock"]
 
@@ -82,7 +84,8 @@ class Cnn14(nn.Module):
     Args:
         mel_bins: number of mel bins of the input (64 for the 16 kHz checkpoints); ``bn0`` normalises them.
         num_classes: size of the AudioSet head ``fc_audioset`` (527); ``None`` builds no head.
-        weights_path: optional local checkpoint loaded with :meth:`load_pretrained` at construction.
+        weights_path: optional checkpoint (local file or ``"audioset"``) loaded with :meth:`load_pretrained`
+            at construction.
 
     ``forward(logmel)`` takes ``B×1×mels×frames`` (or ``B×mels×frames``) and returns
     ``{"embedding": B×2048}`` plus ``"clipwise": B×num_classes`` (sigmoid) when the head exists.
@@ -147,7 +150,10 @@ class Cnn14(nn.Module):
         strict: bool = True,
         ignore: Sequence[str] = (),
     ) -> tuple[list[str], list[str]]:
-        """Load a local CNN14 checkpoint (public PANNs layout or our own).
+        """Load a CNN14 checkpoint (public PANNs layout or our own): a local file or ``"audioset"``.
+
+        ``"audioset"`` is the official ``Cnn14_16k_mAP=0.438.pth`` from the torch.hub cache (downloaded
+        there when missing and a network allows; ``prefix`` must then be ``None``).
 
         The front end's ``spectrogram_extractor.*`` / ``logmel_extractor.*`` keys of the public checkpoints
         are ignored (our log-mel is computed in the data layer); without a head, ``fc_audioset.*`` is
@@ -156,4 +162,4 @@ class Cnn14(nn.Module):
         ignore = (*FRONT_END_KEYS, *ignore)
         if self.num_classes is None:
             ignore = (*ignore, "fc_audioset.*")
-        return load_weights(self, path, prefix=prefix, strict=strict, ignore=ignore)
+        return load_init(self, "cnn14", path, prefix=prefix, strict=strict, ignore=ignore)

@@ -6,8 +6,11 @@ of three ways (Table 1 of the paper):
 
 * ``pretrained``: a DualRepSSL Lightning checkpoint; the encoder's weights are taken out of it by the key
   prefix in :data:`lightning_modules.dualrep_ssl.nets.ENCODER_PREFIXES` ("Ours");
-* ``weights_file``: a supervised-pretrained torchvision-layout state dict, e.g. ImageNet ResNet-18 or
-  Kinetics R(2+1)D-18 weights saved locally ("ImageNet Init."); ``weights_prefix`` selects a sub-dict;
+* ``weights_file``: supervised-pretrained weights ("ImageNet Init."): ``imagenet`` (image input: torchvision's
+  ImageNet ResNet-18) or ``kinetics400`` (video input: torchvision's Kinetics-400 R(2+1)D-18), loaded by
+  torchvision's own loader from the torch.hub cache (``$TORCH_HOME``, downloaded there when a network
+  allows; :mod:`lightning_modules.common.pretrained`), or a local torchvision-layout state dict
+  (``weights_prefix`` selects a sub-dict);
 * neither: random initialisation ("Rand. Init.").
 """
 
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.common.pretrained import is_source_name
 from lightning_modules.common.weights import load_state_dict_file, load_weights
 from lightning_modules.dualrep_ssl.nets import ENCODER_PREFIXES, ImageEncoder, VideoEncoder
 
@@ -24,6 +28,8 @@ __all__ = ["INPUTS", "SaliencyDecoder", "build_encoder", "initialisation", "log_
 
 INPUTS = ("image", "video")
 FEATURE_CHANNELS = (64, 128, 256, 512)  # layer1..layer4 of ResNet-18 and R(2+1)D-18
+# the named supervised initialisation of each input's encoder (weights_file: <name>)
+SUPERVISED_SOURCES = {"image": "imagenet", "video": "kinetics400"}
 
 
 def initialisation(pretrained: str | None, weights_file: str | None) -> str:
@@ -48,6 +54,11 @@ def build_encoder(
     how = initialisation(pretrained, weights_file)
     cls = ImageEncoder if input == "image" else VideoEncoder
     if how == "weights_file":
+        if is_source_name(weights_file) and weights_file != SUPERVISED_SOURCES[input]:
+            raise ValueError(
+                f"model.init_args.weights_file={weights_file!r} does not fit input: {input}; the supervised "
+                f"initialisation of the {input} encoder is {SUPERVISED_SOURCES[input]!r}"
+            )
         return cls(weights_path=weights_file, weights_prefix=weights_prefix)
     encoder = cls()
     if how == "ssl":

@@ -18,17 +18,29 @@ gradient so the identity start is not a dead point), ``tx = tanh(vx)``, ``ty = t
 One theta per clip is predicted from one frame (``frame_index=-1``: the last, freeze frame, by
 default) and applied to every frame of the clip, to its optical flow (resampled and rescaled so it
 equals the flow of the zoomed video) and to its gaze maps (resampled and renormalised).
+
+The localiser may start from ImageNet (``weights_path="imagenet"``): torchvision's
+``GoogLeNet_Weights.IMAGENET1K_V1``, read by torchvision's own loader from the torch.hub cache
+(``$TORCH_HOME/hub/checkpoints/googlenet-1378be20.pth``, downloaded there when a network allows; see
+:mod:`lightning_modules.common.pretrained`). Those weights expect inputs scaled to ``[-1, 1]`` (torchvision
+builds that GoogLeNet with ``transform_input=True``), so the localiser then gets the frames in ``[-1, 1]``
+instead of ImageNet-normalised ones (the same holds for a local torchvision GoogLeNet state dict); the
+buffer ``transform_input`` records which, so a checkpoint restores the input scaling it was trained with. Grey frames are repeated to RGB (the response of summing the first
+convolution over RGB, as timm's ``adapt_input_conv`` does for 1-channel models).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import googlenet
+
+from lightning_modules.common.pretrained import is_source_name, pretrained_state_dict
 
 __all__ = ["ZoomIn", "box_from_theta", "theta_from_box", "warp", "warp_flow", "warp_gaze"]
 
@@ -148,14 +160,16 @@ class ZoomIn(nn.Module):
 
     Args:
         s_min: smallest crop scale (fraction of the frame's side), in (0, 1].
-        weights_path: optional local file: a torchvision GoogLeNet state dict (ImageNet weights; its
+        weights_path: optional initial weights: ``"imagenet"`` (torchvision's ImageNet GoogLeNet from the
+            torch.hub cache, see the module docstring), a local torchvision GoogLeNet state dict (its
             ``fc`` and ``aux*`` entries are ignored and the head stays at identity), or a sonolab
             checkpoint of this module (``ZoomIn.state_dict()``, possibly nested in a Lightning
             checkpoint's ``state_dict`` under any prefix).
         localizer_size: frames are resized to this size for the localiser (``None``: as given).
 
-    The localiser sees frames in ``[-1, 1]``: they are mapped to ``[0, 1]``, grey frames repeated to
-    3 channels, then normalised with the ImageNet mean and std that torchvision's GoogLeNet expects.
+    The localiser sees frames in ``[-1, 1]``: grey frames are repeated to 3 channels, then normalised
+    with the ImageNet mean and std, or, with ``transform_input`` (set by the ImageNet weights), kept in
+    ``[-1, 1]`` as torchvision's ImageNet GoogLeNet expects.
     """
 
     def __init__(
@@ -171,8 +185,15 @@ class ZoomIn(nn.Module):
         self.reset_head()
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # True: the localiser takes frames in [-1, 1] (torchvision's ImageNet GoogLeNet, transform_input)
+        self.register_buffer("transform_input", torch.tensor(False))
         if weights_path is not None:
             self.load_weights(weights_path)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints from before the ImageNet option have no flag: they were ImageNet-normalised
+        state_dict.setdefault(prefix + "transform_input", torch.tensor(False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_head(self) -> None:
         """Zero the head so every frame gets the identity crop."""
@@ -180,7 +201,11 @@ class ZoomIn(nn.Module):
         nn.init.zeros_(self.localizer.fc.bias)
 
     def load_weights(self, path: str | Path) -> None:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        """Load ``"imagenet"``, a torchvision GoogLeNet state dict or a ZoomIn checkpoint (see ``__init__``)."""
+        if is_source_name(path):
+            state = pretrained_state_dict("googlenet", str(path))
+        else:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
@@ -200,6 +225,8 @@ class ZoomIn(nn.Module):
                 f"{path} is neither a torchvision GoogLeNet state dict nor a ZoomIn checkpoint "
                 f"(missing: {missing[:5]}, unexpected: {list(unexpected)[:5]})"
             )
+        # torchvision's GoogLeNet weights (ImageNet, its only published ones) take [-1, 1] inputs
+        self.transform_input.fill_(True)
 
     def freeze(self) -> ZoomIn:
         """Eval mode and no gradients (the paper's zoom-in is frozen after pretraining)."""
@@ -216,6 +243,8 @@ class ZoomIn(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if self.localizer_size is not None and tuple(x.shape[-2:]) != (self.localizer_size,) * 2:
             x = F.interpolate(x, size=(self.localizer_size,) * 2, mode="bilinear", align_corners=False)
+        if self.transform_input:
+            return x * 2 - 1
         return (x - self.mean) / self.std
 
     def theta_from_raw(self, raw: Tensor) -> Tensor:
