@@ -232,3 +232,64 @@ def test_command_line_lists_the_cache(caches, capsys):
         "fetch it from: https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth"
         in capsys.readouterr().err
     )
+
+
+# ------------------------------------------------------------------------------------- through the configs
+def _seed_panns() -> dict[str, torch.Tensor]:
+    ref = Cnn14(num_classes=527)
+    state = dict(ref.state_dict())
+    state["fc1.weight"] = _known(ref.fc1.weight, 1e-6)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / "Cnn14_16k_mAP=0.438.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"iteration": 0, "model": state}, path)
+    return state
+
+
+def test_finetune_imagenet_overlay_through_the_cli(caches, run_cli, tiny_dataset, configs_dir):
+    """configs/finetune_plane/weights_file.yaml ("ImageNet Init.") builds its encoder from the cache."""
+    from cli_args import tiny_data
+
+    known = _seed_resnet18()
+    cli = run_cli(
+        [
+            "validate",
+            "--config",
+            configs_dir / "finetune_plane.yaml",
+            "--config",
+            configs_dir / "finetune_plane" / "weights_file.yaml",
+            *tiny_data(tiny_dataset),
+            "--data.init_args.num_frames=4",
+            "--data.init_args.frame_interval=4",
+            "--trainer.precision=32-true",
+            "--trainer.fast_dev_run=1",
+        ]
+    )
+    assert cli.model.hparams.weights_file == "imagenet" and cli.model.initialisation == "weights_file"
+    assert torch.equal(cli.model.encoder.backbone.conv1.weight, known["conv1.weight"])
+
+
+def test_dualrep_named_sources_through_the_cli(caches, run_cli, tiny_dataset, configs_dir):
+    """DualRepSSL's image_weights / audio_weights take the source names on the command line."""
+    from cli_args import tiny_data
+
+    known = _seed_resnet18()
+    panns = _seed_panns()
+    cli = run_cli(
+        [
+            "validate",
+            "--config",
+            configs_dir / "dualrep.yaml",
+            *tiny_data(tiny_dataset),
+            "--data.init_args.num_frames=4",
+            "--data.init_args.frame_interval=4",
+            "--data.init_args.audio_seconds=1.0",
+            "--data.init_args.window_stride=120",
+            "--model.init_args.image_weights=imagenet",
+            "--model.init_args.audio_weights=audioset",
+            "--trainer.precision=32-true",
+            "--trainer.fast_dev_run=1",
+        ]
+    )
+    net = cli.model.net
+    assert torch.equal(net.image_encoder.backbone.conv1.weight, known["conv1.weight"])
+    assert torch.equal(net.audio_encoder.cnn14.fc1.weight, panns["fc1.weight"])
