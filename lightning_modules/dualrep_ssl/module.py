@@ -56,8 +56,10 @@ class DualRepSSL(LightningModule):
         lr, weight_decay: Adam (3e-3 and 1e-4 in the paper).
         gather_negatives: under DDP, take negatives from every rank (as the paper's single large batch
             would); ``False`` keeps each rank's batch separate.
-        video_weights, audio_weights, image_weights (+ ``*_prefix``): optional local weight files for the
-            encoders (e.g. a public CNN14 checkpoint for the audio: the paper's audio CNN is pretrained).
+        video_weights, audio_weights, image_weights (+ ``*_prefix``): optional initial weights of the
+            encoders: local files, or the paper's pretrained sources ``kinetics400``, ``audioset`` (the
+            paper's audio CNN is pretrained) and ``imagenet`` from the torch.hub cache
+            (:mod:`lightning_modules.common.pretrained`).
         freeze_audio: keep the audio encoder fixed (a pretrained CNN14 used as a feature extractor).
         recall_ks: the k of the retrieval recall diagnostics.
         predict_embeddings: which outputs ``predict`` returns (default: all the network produces).
