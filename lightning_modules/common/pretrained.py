@@ -30,9 +30,10 @@ feeds the same torchvision ImageNet file to timm's own loader, which adapts the 
 ``HF_HUB_CACHE``).
 
 The torchvision-layout encoders keep their 3-channel first convolution and repeat grey frames to RGB
-instead: after the per-channel normalisation that is the same response as summing the first convolution
-over RGB (what ``adapt_input_conv`` does) up to a constant per channel, and it keeps RGB data and every
-existing checkpoint loadable.
+instead. That equals a 1-channel first convolution whose kernel is the sum of the RGB kernels, each divided
+by its channel's normalisation std, plus a constant per output channel from the channel means (away from
+the zero-padded border): ``adapt_input_conv``'s sum over RGB up to the per-channel normalisation. It keeps
+RGB data and every existing checkpoint loadable.
 """
 
 from __future__ import annotations
@@ -216,6 +217,8 @@ def pretrained_state_dict(arch: str, name: str, progress: bool = False) -> dict[
         raise _unavailable(source, e) from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # a damaged / truncated file
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not source.cache_path.is_file():  # a download that failed its hash check is not kept
+            raise _unavailable(source, first_line) from None
         raise RuntimeError(
             f"cannot read the cached {source.description} weights {source.cache_path} (damaged or not a "
             f"weights file: {first_line}). Delete the file to download it again."

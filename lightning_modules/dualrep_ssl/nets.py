@@ -14,9 +14,10 @@ Each encoder takes an optional ``weights_path``: a local file, or the name of th
 the paper uses, loaded by torchvision's own weights loader from the torch.hub cache (``$TORCH_HOME``; see
 :mod:`lightning_modules.common.pretrained`): ``imagenet`` (ResNet-18), ``kinetics400`` (R(2+1)D-18),
 ``audioset`` (PANNs CNN14). Grey frames are repeated to the 3 channels these weights were trained on rather
-than summing the first convolution over RGB (timm's ``adapt_input_conv``): after the per-channel
-normalisation both give the same response up to a constant per channel, and the 3-channel layout keeps
-RGB data and existing checkpoints loadable.
+than the first convolution being summed over RGB (timm's ``adapt_input_conv``): repeating equals a
+1-channel convolution with the RGB kernels summed, each divided by its channel's std, plus a constant per
+output channel (away from the zero-padded border), i.e. that sum up to the per-channel normalisation; and the
+3-channel layout keeps RGB data and existing checkpoints loadable.
 
 The video encoder's 3-D convolutions are :class:`LowPrecisionSafeConv3d`: on the CPU, oneDNN's bf16 / fp16
 Conv3d computes a wrong weight gradient (NaN or ~1e30) when an input dimension is smaller than the

@@ -25,8 +25,9 @@ The localiser may start from ImageNet (``weights_path="imagenet"``): torchvision
 :mod:`lightning_modules.common.pretrained`). Those weights expect inputs scaled to ``[-1, 1]`` (torchvision
 builds that GoogLeNet with ``transform_input=True``), so the localiser then gets the frames in ``[-1, 1]``
 instead of ImageNet-normalised ones (the same holds for a local torchvision GoogLeNet state dict); the
-buffer ``transform_input`` records which, so a checkpoint restores the input scaling it was trained with. Grey frames are repeated to RGB (the response of summing the first
-convolution over RGB, as timm's ``adapt_input_conv`` does for 1-channel models).
+buffer ``transform_input`` records which, so a checkpoint restores the input scaling it was trained with.
+Grey frames are repeated to RGB; with the ``[-1, 1]`` input that is exactly the first convolution summed
+over RGB, as timm's ``adapt_input_conv`` builds it for 1-channel models.
 """
 
 from __future__ import annotations

@@ -171,6 +171,17 @@ def test_damaged_cache_file_says_delete_it(caches):
         ImageEncoder(weights_path="imagenet")
 
 
+def test_download_failing_its_hash_check_is_reported_as_missing(caches, monkeypatch):
+    """torch.hub keeps no file whose SHA-256 does not start with the hash in its name: say so, not 'delete it'."""
+
+    def bad_hash(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", bad_hash)
+    with pytest.raises(PretrainedWeightsMissingError, match=r'invalid hash value \(expected "f37072fd"'):
+        P.pretrained_state_dict("resnet18", "imagenet")
+
+
 def test_source_that_does_not_fit_the_network(caches):
     with pytest.raises(
         ValueError, match=r"r2plus1d_18 has no pretrained source 'imagenet': it offers kinetics400"
