@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.figures import save_figure
+from lightning_modules.common.runs import save_figure
 from lightning_modules.crl_uiqa.views import blur, weak_view
 
 __all__ = ["QualityViewPanel", "plot_view_panel", "view_panel"]

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_modules.common.runs import run_directory
+from lightning_modules.common.runs import atomic_write, run_directory
 
 __all__ = ["EmbeddingWriter", "load_embeddings", "merge_columns"]
 
@@ -57,21 +57,22 @@ def _unique_rows(columns: dict[str, np.ndarray], id_key: str) -> dict[str, np.nd
 
 
 def _save(path: Path, columns: dict[str, np.ndarray]) -> None:
-    """Atomic write: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    if path.suffix == ".npz":
-        with tmp.open("wb") as handle:
-            np.savez(handle, **columns)
-    else:
-        torch.save(
-            {
-                name: (values.tolist() if values.dtype.kind == "U" else torch.from_numpy(values))
-                for name, values in columns.items()
-            },
-            tmp,
-        )
-    os.replace(tmp, path)
+    """Atomic write (:func:`~lightning_modules.common.runs.atomic_write`) as ``.npz`` or ``.pt``."""
+
+    def write(tmp: Path) -> None:
+        if path.suffix == ".npz":
+            with tmp.open("wb") as handle:
+                np.savez(handle, **columns)
+        else:
+            torch.save(
+                {
+                    name: (values.tolist() if values.dtype.kind == "U" else torch.from_numpy(values))
+                    for name, values in columns.items()
+                },
+                tmp,
+            )
+
+    atomic_write(path, write)
 
 
 def load_embeddings(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -2,95 +2,31 @@
 
 Under DDP each rank writes its own part and rank 0 merges them, so the file has every item exactly once.
 An existing file is never overwritten silently: a run refuses to start on one, and a run that finds the
-name taken when it finishes (another predict wrote it meanwhile) writes to a fresh name and says so.
+name taken when it finishes (another predict wrote it meanwhile) writes to a fresh name and says so. The
+row and file helpers are :mod:`lightning_modules.common.runs`' (commands such as ``scan`` use them too).
 """
 
 from __future__ import annotations
 
 import csv
-import errno
-import os
-import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from tqdm import tqdm
 
-from lightning_modules.common.runs import run_directory
+from lightning_modules.common.runs import (
+    columns_to_rows,
+    dedupe_rows,
+    run_directory,
+    write_csv_atomic,
+    write_csv_new,
+)
 
-
-def columns_to_rows(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """{"clip_id": [...], "score": tensor([...])} -> one dict per item; all columns must have one length."""
-    lengths = {}
-    values: dict[str, list[Any]] = {}
-    for name, column in columns.items():
-        if isinstance(column, torch.Tensor):
-            column = column.detach().float().cpu().reshape(len(column), -1).squeeze(1).tolist()
-        values[name] = list(column)
-        lengths[name] = len(values[name])
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"prediction columns have different lengths: {lengths}")
-    n = next(iter(lengths.values()), 0)
-    return [{name: values[name][i] for name in values} for i in range(n)]
-
-
-def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    fieldnames: list[str] = []
-    for row in rows:
-        fieldnames.extend(k for k in row if k not in fieldnames)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def write_csv_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write to a temp file and rename, so a crash never leaves a half-written CSV at `path`. Replaces
-    an existing file: use :func:`write_csv_new` where that must not happen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    _write_rows(tmp, rows)
-    os.replace(tmp, path)
-
-
-def write_csv_new(path: Path, rows: Sequence[Mapping[str, Any]], max_tries: int = 1000) -> Path:
-    """Write a complete CSV under ``path``, or under ``<stem>-1<suffix>``, ``-2``, ... when that name is
-    taken, never replacing a file; returns the name used.
-
-    The rows go to a temp file first; ``os.link`` then publishes it only if the name is free (atomic: two
-    racing writers cannot both win one name). Where hard links are unsupported, an exclusive create
-    (``O_EXCL``) claims the name instead.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    _write_rows(tmp, rows)
-    try:
-        for n in range(max_tries):
-            candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
-            try:
-                os.link(tmp, candidate)
-                return candidate
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
-            try:  # no hard links here: claim the name exclusively, then fill it
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                continue
-            with os.fdopen(fd, "wb") as out, tmp.open("rb") as src:
-                out.write(src.read())
-            return candidate
-        raise FileExistsError(f"{path} and {max_tries - 1} numbered variants exist; pass a new `output`")
-    finally:
-        tmp.unlink(missing_ok=True)
+__all__ = ["CSVPredictionWriter"]
 
 
 class CSVPredictionWriter(BasePredictionWriter):
@@ -166,15 +102,3 @@ class CSVPredictionWriter(BasePredictionWriter):
             bar.print(message)
         else:
             print(message)
-
-
-def dedupe_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """DistributedSampler pads the last batch by repeating items: keep each identical row once."""
-    seen: set[tuple[Any, ...]] = set()
-    unique = []
-    for row in rows:
-        key = tuple(sorted(row.items()))
-        if key not in seen:
-            seen.add(key)
-            unique.append(dict(row))
-    return unique

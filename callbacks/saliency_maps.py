@@ -19,8 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.figures import save_figure
 from lightning_modules.clstm_unet.stream import overlay_heatmap
+from lightning_modules.common.contracts import saliency_log_pred
+from lightning_modules.common.runs import save_figure
 
 __all__ = ["SaliencyMapLogger", "saliency_grid"]
 
@@ -66,9 +67,10 @@ def saliency_grid(
 
 class SaliencyMapLogger(Callback):
     """Saves (and logs to W&B, key ``val/saliency_maps``) :func:`saliency_grid` of the first ``num_items``
-    items of the first validation batch every ``every_n_epochs`` epochs, titled. The module's ``validation_step`` must
-    return ``{"log_pred": B×1×H×W log-saliency}``; batches are sequence batches (``video``, ``gaze``,
-    ``target_index``)."""
+    items of the first validation batch every ``every_n_epochs`` epochs, titled. The module's ``validation_step``
+    returns a :class:`~lightning_modules.common.contracts.SaliencyStepOutput` (``{"log_pred": B×1×H×W
+    log-saliency}``; anything else stops the run with an error naming the model); batches are sequence
+    batches (``video``, ``gaze``, ``target_index``)."""
 
     def __init__(self, num_items: int = 4, every_n_epochs: int = 5, num_context: int = 3) -> None:
         if num_items < 1 or every_n_epochs < 1 or num_context < 0:
@@ -97,12 +99,11 @@ class SaliencyMapLogger(Callback):
     ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or not self._active(trainer):
             return
-        if not isinstance(outputs, dict) or "log_pred" not in outputs:
-            return
+        log_pred = saliency_log_pred(self, pl_module, outputs, tuple(batch["gaze"].shape[-2:]))
         n = self.num_items
         t = int(batch["target_index"].reshape(-1)[0])
         with torch.no_grad():
-            pred = outputs["log_pred"][:n, 0].float().exp().cpu().numpy()
+            pred = log_pred[:n, 0].float().exp().cpu().numpy()
             gaze = batch["gaze"][:n, 0, t].float().cpu().numpy()
             video = batch["video"][:n].float().cpu().numpy()
         self._grid = saliency_grid(video, gaze, pred, t, self.num_context)

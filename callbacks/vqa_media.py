@@ -1,7 +1,9 @@
 """What the VQA GAN reconstructs: input, reconstruction and gaze strips, and a few clips as animations.
 
 Every ``every_n_epochs`` validation epochs, the first ``num_items`` clips of the first validation batch go
-through :meth:`~lightning_modules.vqa_gan.module.VideoQualityGAN.reconstruction_views`. The figure has one
+through the model's ``reconstruction_views`` (:class:`~lightning_modules.common.contracts.ReconstructionModule`,
+e.g. :meth:`~lightning_modules.vqa_gan.module.VideoQualityGAN.reconstruction_views`; a model without it
+stops the run at setup with an error). The figure has one
 block per clip: a row of the zoomed input frames, a row of their reconstruction, and (a model with a gaze
 decoder) the gaze target and the predicted gaze map; every row titled. It is written to
 ``<run>/figures/val_reconstructions.png`` and logged to W&B when the run logs there. ``num_clips`` clips
@@ -22,8 +24,8 @@ import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
-from callbacks.figures import logs_to_wandb, save_figure
-from lightning_modules.common.runs import run_directory
+from lightning_modules.common.contracts import ReconstructionModule, require
+from lightning_modules.common.runs import figure_path, logs_to_wandb, save_figure
 
 __all__ = ["ReconstructionStrips", "reconstruction_figure", "write_gif"]
 
@@ -88,6 +90,9 @@ class ReconstructionStrips(Callback):
         self.num_items, self.num_clips, self.every_n_epochs = num_items, num_clips, every_n_epochs
         self._views: dict[str, np.ndarray] | None = None
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require(self, pl_module, ReconstructionModule)
+
     def on_validation_batch_end(
         self,
         trainer: Trainer,
@@ -99,8 +104,9 @@ class ReconstructionStrips(Callback):
     ) -> None:
         if batch_idx or dataloader_idx or not trainer.is_global_zero or trainer.sanity_checking:
             return
-        if trainer.current_epoch % self.every_n_epochs or not hasattr(pl_module, "reconstruction_views"):
+        if trainer.current_epoch % self.every_n_epochs:
             return
+        require(self, pl_module, ReconstructionModule)
         n = max(self.num_items, self.num_clips)
         views = pl_module.reconstruction_views({k: v[:n] for k, v in batch.items()})
         self._views = {k: v.float().cpu().numpy() for k, v in views.items()}
@@ -114,7 +120,7 @@ class ReconstructionStrips(Callback):
         save_figure(trainer, figure, "val_reconstructions", "val/reconstructions")
         clips = []
         for i in range(min(self.num_clips, len(views["input"]))):
-            path = run_directory(trainer) / "figures" / f"val_clip{i}.gif"
+            path = figure_path(trainer, f"val_clip{i}.gif")
             clips.append(write_gif(path, views["input"][i], views["reconstruction"][i]))
         if clips and logs_to_wandb(trainer):
             import wandb

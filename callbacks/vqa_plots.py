@@ -1,8 +1,9 @@
 """Figures of the VQA models: score distribution per clip label (the paper's Fig. 3) and ROC curves.
 
 Both read what :class:`lightning_modules.vqa_gan.base.QualityAnomalyModule` keeps after each validation
-and test epoch (``pl_module.last_evaluation[stage]``: the gathered scores, targets, labels, qualities and
-the threshold), write a PNG into the run's folder (``<run>/figures/<stage>_<name>.png``, the latest epoch
+and test epoch (``pl_module.last_evaluation[stage]``, an
+:class:`~lightning_modules.common.contracts.Evaluation`: the gathered scores, targets, labels, qualities
+and the threshold; attached to a model without it, the run stops at setup with an error), write a PNG into the run's folder (``<run>/figures/<stage>_<name>.png``, the latest epoch
 overwriting the previous one) and log it to W&B when the run logs there. Rank 0 only; the sanity-check
 validation is skipped.
 """
@@ -10,7 +11,6 @@ validation is skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -21,24 +21,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.functional.classification import binary_roc
 
-from callbacks.figures import save_figure
+from lightning_modules.common.contracts import Evaluation, EvaluationModule, group_names, require
+from lightning_modules.common.runs import save_figure
 
 __all__ = ["ROCPlot", "ScoreDistributionPlot", "group_names", "plot_roc", "plot_score_distribution"]
 
 
-def group_names(evaluation: dict[str, Any]) -> list[str]:
-    """One group per clip: its label, with ``(q=0)`` / ``(q=1)`` appended where a label occurs with both
-    qualities (e.g. ``transventricular (q=0)`` = poor-window TV clips vs the normal ``(q=1)`` ones)."""
-    names = evaluation["class_names"]
-    labels = [names[i] if 0 <= i < len(names) else "?" for i in evaluation["label"]]
-    quality = list(evaluation["quality"])
-    mixed = {lab for lab in set(labels) if len({q for l2, q in zip(labels, quality) if l2 == lab}) > 1}
-    return [f"{lab} (q={q})" if lab in mixed else lab for lab, q in zip(labels, quality)]
-
-
-def plot_score_distribution(
-    evaluation: dict[str, Any], score: str | None = None, title: str = ""
-) -> plt.Figure:
+def plot_score_distribution(evaluation: Evaluation, score: str | None = None, title: str = "") -> plt.Figure:
     """Mean ± std of a score per clip group (normal groups first, in green), every clip as a dot, the
     decision threshold as a dashed line."""
     score = score or evaluation["primary"]
@@ -66,7 +55,7 @@ def plot_score_distribution(
     return fig
 
 
-def plot_roc(evaluation: dict[str, Any], title: str = "") -> plt.Figure:
+def plot_roc(evaluation: Evaluation, title: str = "") -> plt.Figure:
     """ROC curve of every score (low quality = positive class), AUC in the legend."""
     target = np.asarray(evaluation["target"])
     known = target >= 0
@@ -115,13 +104,17 @@ class _EvaluationFigure(Callback):
         self.every_n_epochs = every_n_epochs
         self.saved: dict[str, Path] = {}
 
-    def draw(self, evaluation: dict[str, Any], title: str) -> plt.Figure:
+    def draw(self, evaluation: Evaluation, title: str) -> plt.Figure:
         raise NotImplementedError
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require(self, pl_module, EvaluationModule)
 
     def _emit(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in self.stages or not trainer.is_global_zero:
             return
-        evaluation = getattr(pl_module, "last_evaluation", {}).get(stage)
+        require(self, pl_module, EvaluationModule)
+        evaluation = pl_module.last_evaluation.get(stage)
         if not evaluation or evaluation.get("sanity"):
             return
         if stage == "val" and (evaluation["epoch"] + 1) % self.every_n_epochs:
@@ -152,7 +145,7 @@ class ScoreDistributionPlot(_EvaluationFigure):
         super().__init__(stages, every_n_epochs)
         self.score = score
 
-    def draw(self, evaluation: dict[str, Any], title: str) -> plt.Figure:
+    def draw(self, evaluation: Evaluation, title: str) -> plt.Figure:
         if self.score is not None and self.score not in evaluation["scores"]:
             raise ValueError(
                 f"ScoreDistributionPlot: unknown score {self.score!r}; have {sorted(evaluation['scores'])}"
@@ -165,5 +158,5 @@ class ROCPlot(_EvaluationFigure):
 
     name = "roc"
 
-    def draw(self, evaluation: dict[str, Any], title: str) -> plt.Figure:
+    def draw(self, evaluation: Evaluation, title: str) -> plt.Figure:
         return plot_roc(evaluation, title)

@@ -31,6 +31,7 @@ from torch import Tensor
 from datamodules.base import as_hw
 from lightning_modules.clstm_unet import nets
 from lightning_modules.clstm_unet.augment import DEFAULT_TRANSFORMS, MIX_METHODS, SequenceRandAugment
+from lightning_modules.common.contracts import SaliencyStepOutput
 from lightning_modules.common.saliency import (
     SaliencyMetrics,
     cc,
@@ -269,10 +270,10 @@ class CLSTMUNet(LightningModule):
         self.log_dict(centre, on_epoch=True, batch_size=batch_size)
         return log_pred
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return {"log_pred": self._evaluate(batch, "val")}
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> SaliencyStepOutput:
+        return {"log_pred": self._evaluate(batch, "val")}  # callbacks.saliency_maps reads it
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> SaliencyStepOutput:
         return {"log_pred": self._evaluate(batch, "test")}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Sequence[Any] | Tensor]:

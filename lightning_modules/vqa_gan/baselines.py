@@ -211,6 +211,14 @@ class STAEBaseline(QualityAnomalyModule):
         recon, pred = self.stae(clip)
         return stae_scores(recon, clip, pred, future)
 
+    @torch.no_grad()
+    def reconstruction_views(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The zoomed input frames and their reconstruction, B×C×T×H×W each (for callbacks.vqa_media,
+        which configs/vqa.yaml attaches to every VQA model)."""
+        clip, _ = self.split(batch)
+        recon, _ = self.stae(clip)
+        return {"input": clip, "reconstruction": recon}
+
     def configure_optimizers(self) -> dict[str, Any]:
         opt = Adam(self.stae.parameters(), lr=self.hparams.lr, betas=(self.hparams.beta1, self.hparams.beta2))
         scheduler = linear_decay_schedule(opt, self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)

@@ -25,7 +25,6 @@ also be scored with ``lightning predict ... --data.init_args.source=windows`` (C
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import math
 import time
@@ -41,10 +40,10 @@ import numpy as np
 import yaml
 from lightning.pytorch import Trainer
 
-from callbacks.predictions import columns_to_rows, write_csv_atomic
 from datamodules.clips import ClipItem, VideoClipDataModule, anchored_indices
 from datamodules.manifest import Manifests
 from lightning_modules.common.checkpoints import load_checkpoint, load_module
+from lightning_modules.common.runs import columns_to_rows, write_csv_atomic, write_figure
 
 from .base import QualityAnomalyModule
 
@@ -272,15 +271,9 @@ def score_scans(
             if c.scan_id == scan_id
         ]
         fig = plot_scan(scan_id, scan_rows, model.primary_score, threshold, clips, model.normal_label)
-        path = out / f"{scan_id}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
-    with files[1].open("w", newline="") as handle:
-        fields = ["scan_id", "start_frame", "end_frame", "start_s", "end_s", "windows"]
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(segments)
+        files.append(write_figure(fig, out / f"{scan_id}.png"))
+    fields = ["scan_id", "start_frame", "end_frame", "start_s", "end_s", "windows"]
+    write_csv_atomic(files[1], segments, fieldnames=fields)
     return {"rows": rows, "segments": segments, "files": files}
 
 

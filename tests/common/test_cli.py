@@ -12,8 +12,8 @@ import pytest
 import torch
 from cli_args import tiny_data
 
-from callbacks.predictions import columns_to_rows, dedupe_rows, write_csv_atomic
 from lightning_modules.cli import default_wandb_mode, has_wandb_key, run_directory
+from lightning_modules.common.runs import columns_to_rows, dedupe_rows, write_csv_atomic
 
 
 def test_wandb_is_offline_without_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

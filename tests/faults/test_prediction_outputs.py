@@ -12,7 +12,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from callbacks.predictions import CSVPredictionWriter, write_csv_new
+from callbacks.predictions import CSVPredictionWriter
+from lightning_modules.common.runs import write_csv_new
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
