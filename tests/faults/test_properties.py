@@ -62,7 +62,7 @@ COLUMNS = {
     "clips.csv": ["clip_id", "scan_id", "start_frame", "end_frame", "label", "split", "quality"],
     "images.csv": ["image", "plane", "split", "role"],
     "pairs.csv": ["better", "worse", "plane", "split"],
-    "boxes.csv": ["scan_id", "frame", "x0", "y0", "x1", "y1"],
+    "boxes.csv": ["scan_id", "frame", "image", "x0", "y0", "x1", "y1"],  # a box on a scan frame or an image
 }
 cell = st.one_of(st.sampled_from(WORDS), st.sampled_from(PATHS), st.text(max_size=6))
 
