@@ -1,10 +1,17 @@
 """Differentiable all-gather for contrastive losses across processes.
 
 :func:`all_gather_with_grad` concatenates every rank's tensor along dim 0 (rank order) and lets gradients
-flow back to each rank's own slice. Its backward all-reduces (sums) the incoming gradient of the gathered
-tensor over ranks and returns this rank's slice, so the gradient reaching rank ``r``'s input is
-``sum over ranks r' of d loss_r' / d x_r``. Combined with DDP's gradient *averaging* this gives the
-gradient of the mean over ranks of the per-rank losses, which is right for both usual patterns:
+flow back to each rank's own slice. The collective is torch's differentiable
+``torch.distributed.nn.functional.all_gather``, the one ``LightningModule.all_gather(sync_grads=True)``
+calls; this wrapper adds what that call lacks for contrastive batches: ranks may hold different batch
+sizes (the last batch of a split; the built-in needs one shape on every rank), so each rank's rows are
+padded to the longest for the collective and trimmed after, and the result is one ``N×...`` batch instead
+of a ``world×N×...`` stack.
+
+The built-in's backward sums the incoming gradient of the gathered tensor over ranks (reduce-scatter) and
+returns this rank's slice, so the gradient reaching rank ``r``'s input is ``sum over ranks r' of
+d loss_r' / d x_r``. Combined with DDP's gradient *averaging* this gives the gradient of the mean over
+ranks of the per-rank losses, which is right for both usual patterns:
 
 * each rank scores its own queries against the gathered keys (``positive_offset`` = the rank's offset,
   returned by :func:`gather_for_contrastive`): ``mean_r loss_r`` equals the single-process loss on the
@@ -12,7 +19,6 @@ gradient of the mean over ranks of the per-rank losses, which is right for both 
 * each rank computes the same full-batch loss on gathered queries *and* keys (needed for losses that look
   at columns too, e.g. VSE++ hardest negatives): the gradient is the single-process one as well.
 
-Ranks may hold different batch sizes (the tensors are padded for the collective and trimmed after).
 Without an initialised process group, or with one process, everything is the identity.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 
 __all__ = ["all_gather_with_grad", "gather_for_contrastive", "rank_and_world"]
 
@@ -38,26 +45,12 @@ def _batch_sizes(n: int, device: torch.device, world: int) -> list[int]:
     return [int(s.item()) for s in sizes]
 
 
-class _AllGatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        ctx.sizes, ctx.rank = sizes, rank
-        longest = max(sizes)
-        x_c = x.contiguous()
-        if x.shape[0] < longest:
-            pad = x_c.new_zeros((longest - x.shape[0], *x.shape[1:]))
-            x_c = torch.cat([x_c, pad], dim=0)
-        buffers = [torch.empty_like(x_c) for _ in range(world)]
-        dist.all_gather(buffers, x_c)
-        return torch.cat([b[:s] for b, s in zip(buffers, sizes)], dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]], None
+def _gather(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))], dim=0)
+    parts = differentiable_all_gather(x.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +63,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if world == 1:
         return x
     sizes = _batch_sizes(x.shape[0], x.device, world)
-    return _AllGatherWithGrad.apply(x, sizes)
+    return _gather(x, sizes)
 
 
 def gather_for_contrastive(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
@@ -89,4 +82,4 @@ def gather_for_contrastive(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], 
     if world == 1:
         return list(tensors), 0
     sizes = _batch_sizes(n, tensors[0].device, world)
-    return [_AllGatherWithGrad.apply(t, sizes) for t in tensors], sum(sizes[:rank])
+    return [_gather(t, sizes) for t in tensors], sum(sizes[:rank])

@@ -1,7 +1,9 @@
 """Cross-modal retrieval recall as torchmetrics objects (DDP-safe alignment diagnostics).
 
 Both wrap :func:`.losses.retrieval_recall` (cosine similarity, ties counted against the query, so a
-collapsed embedding never looks aligned):
+collapsed embedding never looks aligned). torchmetrics' ``retrieval_recall`` is not used: it drops
+positives whose score is not > 0 (cosine similarities often are) and breaks ties by sort order
+(``tests/dualrep_ssl/test_recall_vs_torchmetrics.py`` shows both):
 
 * :class:`InBatchRecall`: each update ranks every query's positive among the keys *of its batch* (the
   global batch under DDP: pass the gathered keys and this rank's ``positive_offset``); the result is the
