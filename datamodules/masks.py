@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     if not result.boxes:
         print("error: no box to write", file=sys.stderr)
         return 1
-    if result.images:
+    if not result.images:
+        print(f"{images_csv} exists: masks matched to its rows (it is not rewritten; --images is not used)")
+    else:
         _write(images_csv, ["image", "plane", "split", "role"], result.images)
         counts = {s: sum(r["split"] == s for r in result.images) for s in SPLITS}
         print(

@@ -231,6 +231,7 @@ def test_masks_command_writes_images_and_boxes(tmp_path: Path, capsys) -> None:
     # --out writes a new boxes file and matches masks to the existing images.csv (not rewritten)
     assert main([*args, "--out", str(tmp_path / "boxes2.csv"), "--mode", "filled"]) == 0
     assert [b["mode"] for b in read_csv(tmp_path / "boxes2.csv")] == ["filled"] * 6
+    assert "images.csv exists: masks matched to its rows" in capsys.readouterr().out
     assert read_csv(root / "images.csv") == images
 
 
