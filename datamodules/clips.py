@@ -114,7 +114,6 @@ class ClipDataset(Dataset):
         audio_seconds: float,
         logmel: LogMel | None,
         image_frame: str,
-        seed: int = 0,
     ) -> None:
         self.items = list(items)
         self.cache = cache
@@ -126,7 +125,6 @@ class ClipDataset(Dataset):
         self.audio_seconds = audio_seconds
         self.logmel = logmel
         self.image_frame = image_frame
-        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.items)

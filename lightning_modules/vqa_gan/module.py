@@ -209,7 +209,8 @@ class VideoQualityGAN(QualityAnomalyModule):
         if frames is not None and int(frames) != self.num_frames:
             raise ValueError(
                 f"model.init_args.num_frames={self.num_frames} but data.init_args.num_frames={frames}: "
-                "set both (configs interpolate ${data.init_args.num_frames} only within one file)"
+                "the configs interpolate the model's from the data's (the final merged config), so a value given "
+                "for model.init_args.num_frames overrides it: drop it or set both"
             )
         modalities = set(getattr(datamodule, "modalities", None) or [])
         if modalities:
