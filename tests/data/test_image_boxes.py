@@ -12,7 +12,7 @@ import pytest
 
 from datamodules.boxes import BoxFrameDataModule
 from datamodules.errors import DataError
-from datamodules.manifest import BoxRecord, parse_boxes, read_table
+from datamodules.manifest import BoxRecord, check_header, parse_boxes, read_table
 from datamodules.masks import boxes_from_masks, main, mask_box, read_mask
 from datamodules.validate import main as validate_main
 from datamodules.validate import present_requirements, validate_dataset
@@ -75,6 +75,13 @@ def test_a_box_names_an_image_or_a_scan_frame_exactly_once(tmp_path: Path) -> No
     assert "names both an image ('images/a.png') and a scan frame" in problems[0][3]
     assert "give exactly one" in problems[0][3]
     assert problems[1][3] == "empty: give an image of images.csv, or scan_id + frame"
+    # a header that says nowhere where a box is
+    write_csv(path, ["x0", "y0", "x1", "y1"], [[0, 0, 1, 1]])
+    problems.clear()
+    assert not check_header("boxes", read_table(path), lambda *p: problems.append(p))
+    assert problems[0][3].startswith(
+        "missing required column: scan_id + frame (boxes on scan frames) or image (boxes on images.csv images)"
+    )
 
 
 @pytest.fixture
