@@ -63,6 +63,14 @@ def enable_ddp_unused_parameters(strategy: Any) -> None:
         )
 
 
+def fused_adam(params: list[torch.nn.Parameter], **kwargs: Any) -> Adam:
+    """Adam with PyTorch's fused kernel where every parameter is on a device that has one (CPU, CUDA):
+    one multi-tensor kernel per step instead of a Python loop of ~10 small ops per parameter tensor (a
+    fixed per-step cost). Same update rule (values equal to float rounding; tests/bench checks the step)."""
+    fused = bool(params) and {p.device.type for p in params} <= {"cpu", "cuda"}
+    return Adam(params, fused=True if fused else None, **kwargs)
+
+
 class VideoQualityGAN(QualityAnomalyModule):
     """Unsupervised video clinical-quality assessment: G_e, G_d, G_d', D_V, D_F trained adversarially.
 
@@ -268,8 +276,8 @@ class VideoQualityGAN(QualityAnomalyModule):
         betas = (self.hparams.beta1, self.hparams.beta2)
         gen = [p for net in self.generator_nets() for p in net.parameters()]
         dis = [p for net in self.discriminator_nets() for p in net.parameters()]
-        opt_g = Adam(gen, lr=self.hparams.lr, betas=betas)
-        opt_d = Adam(dis, lr=self.hparams.lr, betas=betas)
+        opt_g = fused_adam(gen, lr=self.hparams.lr, betas=betas)
+        opt_d = fused_adam(dis, lr=self.hparams.lr, betas=betas)
         epochs = (self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)
         return [opt_g, opt_d], [linear_decay_schedule(opt_g, *epochs), linear_decay_schedule(opt_d, *epochs)]
 
@@ -506,4 +514,5 @@ class ZoomInPretrainer(LightningModule):
         }
 
     def configure_optimizers(self) -> Adam:
-        return Adam(self.zoom.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = list(self.zoom.parameters())
+        return fused_adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
