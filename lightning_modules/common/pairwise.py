@@ -1,11 +1,10 @@
-"""Pairwise quality evaluation: accuracy on (better, worse) pairs, rank correlation, blur monotonicity.
+"""Pairwise quality evaluation: accuracy on (better, worse) pairs, blur monotonicity (CRL-UIQA).
 
 * :class:`PairwiseAccuracy` — the metric of CRL-UIQA (Guo et al., MICCAI 2024, Sec. 3.2): over pairs whose
   better image is known, ``T`` = pairs scored ``better > worse``, ``F`` = the rest, accuracy ``T / (T + F)``.
   **Ties count as F** (a scorer that cannot separate two images has not ranked them), and so does a NaN score.
   Counts are kept globally and per plane; the per-plane counts live in fixed-size tensors over the plane list
   given at construction, so every state is a tensor reduced with ``dist_reduce_fx="sum"`` under DDP.
-* :func:`spearman` — Spearman rank correlation (``scipy.stats.spearmanr``).
 * :func:`blur_monotonicity` — fraction of images whose score strictly decreases at every step of increasing
   Gaussian blur.
 """
@@ -16,13 +15,11 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import scipy.stats
 import torch
 from torchmetrics import Metric
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["PairwiseAccuracy", "blur_monotonicity", "gaussian_blur_sigma", "spearman"]
+__all__ = ["PairwiseAccuracy", "blur_monotonicity", "gaussian_blur_sigma"]
 
 
 class PairwiseAccuracy(Metric):
@@ -98,28 +95,6 @@ class PairwiseAccuracy(Metric):
         for i, p in enumerate(self.planes):
             out[p] = {"T": int(self.plane_correct[i]), "F": int(self.plane_total[i] - self.plane_correct[i])}
         return out
-
-
-def spearman(
-    scores: torch.Tensor | np.ndarray | Sequence[float], targets: torch.Tensor | np.ndarray | Sequence[float]
-) -> float:
-    """Spearman rank correlation (``scipy.stats.spearmanr``, average ranks for ties); NaN if either is constant."""
-    a = (
-        scores.detach().cpu().double().numpy()
-        if isinstance(scores, torch.Tensor)
-        else np.asarray(scores, float)
-    )
-    b = (
-        targets.detach().cpu().double().numpy()
-        if isinstance(targets, torch.Tensor)
-        else np.asarray(targets, float)
-    )
-    a, b = a.reshape(-1), b.reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"scores has {a.size} entries, targets {b.size}")
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 def gaussian_blur_sigma(images: torch.Tensor, sigma: float) -> torch.Tensor:

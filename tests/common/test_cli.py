@@ -68,7 +68,7 @@ def test_console_script_exits_zero_after_a_successful_fit(
             "--config",
             configs_dir / "crl_uiqa.yaml",
             *tiny_data(tiny_dataset),
-            "--model.init_args.k=2",
+            "--data.init_args.pseudo_labels.k=2",
             "--model.init_args.proj_dim=16",
             "--trainer.fast_dev_run=1",
         ]

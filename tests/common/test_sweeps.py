@@ -186,6 +186,6 @@ def test_random_draws_are_seeded_and_in_range():
     assert first == second
     for params in first:
         assert 0.01 <= params["model.init_args.alpha"] <= 0.5
-        assert params["model.init_args.k"] in (3, 4, 5, 6, 8)
+        assert params["data.init_args.pseudo_labels.k"] in (3, 4, 5, 6, 8)
     assert agent_args({"a.b": True, "c": [1, 2]}) == ["--a.b=true", "--c=[1, 2]"]
     assert os.path.basename(sample_command(spec, first[0])[0]) == "lightning"

@@ -1,41 +1,45 @@
 """CRL-UIQA modules, the dataset pseudo-label step and the frame ranking, without the CLI.
 
 Known answers: the loss a training step returns against hand-computed MSE; what each view feeds the loss (the
-pseudo-label target unchanged by the weak view, the ε that the strong view drew); the learning-rate schedule;
-the classical baselines on reference images; labels of a dataset against the pure functions of
-``pseudo_labels``; rankings by a brightness scorer.
+pseudo-label target unchanged by the weak view, the ε that the strong view drew); the learning-rate schedule
+(and the same values as the hand-written lambda it replaced); the classical baselines on reference images;
+labels of a dataset against the pure functions of ``datamodules.pseudo_labels`` and against the labels of the
+code before they moved to the data layer; the DataModule's batches carrying them; the embedding from a
+DualRepSSL checkpoint; rankings by a brightness scorer.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
 import lightning_modules.crl_uiqa.module as module_mod
-from datamodules.images import ImageDataModule, ImageDataset
-from datamodules.readers import VideoReader
-from lightning_modules.crl_uiqa.labelling import (
-    DatasetPseudoLabels,
+from datamodules.errors import DataError
+from datamodules.images import ImageDataModule
+from datamodules.pseudo_labels import (
     PseudoLabelSpec,
-    build_embedding_model,
     dataset_pseudo_labels,
     embed_images,
-)
-from lightning_modules.crl_uiqa.labelling import main as pseudo_label_command
-from lightning_modules.crl_uiqa.module import CRLUIQA, ClassicalIQA, PlaneClassifierModule
-from lightning_modules.crl_uiqa.nets import PlaneClassifier
-from lightning_modules.crl_uiqa.pseudo_labels import (
-    apply_pseudo_label_params,
     load_pseudo_labels,
     make_pseudo_labels,
 )
+from datamodules.pseudo_labels import main as pseudo_label_command
+from datamodules.readers import VideoReader
+from lightning_modules.crl_uiqa.classical import ClassicalIQA
+from lightning_modules.crl_uiqa.embedding import DUALREP_IMAGE_PREFIX, build_embedding_model
+from lightning_modules.crl_uiqa.module import CRLUIQA
+from lightning_modules.crl_uiqa.nets import PlaneClassifier
+from lightning_modules.crl_uiqa.plane_classifier import PlaneClassifierModule
 from lightning_modules.crl_uiqa.ranking import rank_clip, rank_frames, rank_images
 from lightning_modules.crl_uiqa.views import blur
 
@@ -69,10 +73,8 @@ def textures(n: int, size: int = 48, seed: int = 0) -> torch.Tensor:
 def test_training_step_without_views_is_alpha_times_mse() -> None:
     torch.manual_seed(0)
     model = CRLUIQA(image_size=32, in_channels=1, proj_dim=8, consistency=False, relativity=False, alpha=0.05)
-    model.train_targets = torch.tensor([0.1, 0.9, 0.4, 0.7])
     x = images(3)
-    index = torch.tensor([3, 0, 2])
-    loss = model.training_step({"image": x, "index": index}, 0)
+    loss = model.training_step({"image": x, "pseudo_label": torch.tensor([0.7, 0.1, 0.4])}, 0)
     with torch.no_grad():
         p = model.scorer(x)
     want = 0.05 * ((torch.tensor([0.7, 0.1, 0.4]) - p) ** 2).mean()
@@ -83,7 +85,6 @@ def test_training_step_without_views_is_alpha_times_mse() -> None:
 def test_training_step_feeds_each_view_to_its_loss_term(monkeypatch: pytest.MonkeyPatch) -> None:
     model = CRLUIQA(image_size=32, in_channels=1, proj_dim=8, right_angles=True, eps_range=(0.1, 0.3))
     model.scorer = MeanScorer()
-    model.train_targets = torch.tensor([0.25, 0.5, 0.75, 1.0])
     drawn: dict[str, torch.Tensor] = {}
     seen: dict[str, object] = {}
     real_strong, real_loss = module_mod.strong_view, module_mod.crl_loss
@@ -100,7 +101,7 @@ def test_training_step_feeds_each_view_to_its_loss_term(monkeypatch: pytest.Monk
     monkeypatch.setattr(module_mod, "strong_view", strong)
     monkeypatch.setattr(module_mod, "crl_loss", loss)
     x = images(4, seed=3)
-    model.training_step({"image": x, "index": torch.tensor([2, 2, 0, 1])}, 0)
+    model.training_step({"image": x, "pseudo_label": torch.tensor([0.75, 0.75, 0.25, 0.5])}, 0)
     # L_d's target is the pseudo-label of the source image, whatever the views do
     torch.testing.assert_close(seen["q"], torch.tensor([0.75, 0.75, 0.25, 0.5]))
     torch.testing.assert_close(seen["p"], x.mean(dim=(1, 2, 3)))
@@ -127,11 +128,10 @@ def test_ablation_switches_drop_views(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(module_mod, "weak_view", weak)
     monkeypatch.setattr(module_mod, "strong_view", strong)
-    batch = {"image": images(2), "index": torch.tensor([0, 1])}
+    batch = {"image": images(2), "pseudo_label": torch.tensor([0.2, 0.8])}
     for consistency, relativity in ((True, False), (False, True)):
         model = CRLUIQA(image_size=32, proj_dim=8, consistency=consistency, relativity=relativity)
         model.scorer = MeanScorer()
-        model.train_targets = torch.tensor([0.2, 0.8])
         model.training_step(batch, 0)
     assert calls == {"weak": 1, "strong": 1}
 
@@ -156,14 +156,20 @@ def test_bad_hyperparameters_are_named() -> None:
     with pytest.raises(ValueError, match="blur_levels"):
         CRLUIQA(image_size=32, blur_levels=[0.0, 2.0, 1.0])
     with pytest.raises(FileNotFoundError, match=r"no_such\.ckpt"):
-        CRLUIQA(image_size=32, embedding="no_such.ckpt")
+        CRLUIQA(image_size=32, embedding="no_such.ckpt", init_from_embedding=True)
+    with pytest.raises(FileNotFoundError, match=r"pseudo_labels\.embedding='no_such\.ckpt'"):
+        PseudoLabelSpec(embedding="no_such.ckpt")
+    with pytest.raises(KeyError, match=r"data\.init_args\.pseudo_labels"):
+        CRLUIQA(image_size=32, proj_dim=8).training_step(
+            {"image": images(2), "index": torch.tensor([0, 1])}, 0
+        )
     with pytest.raises(ValueError, match="method"):
         ClassicalIQA(image_size=32, method="piqe")
 
 
 def test_scorer_starts_from_the_embedding_network() -> None:
     model = CRLUIQA(image_size=32, proj_dim=8, init_from_embedding=True, embedding_seed=3)
-    embedder, _ = build_embedding_model(PseudoLabelSpec(seed=3), 1)
+    embedder = build_embedding_model(seed=3, in_channels=1).net
     for key, value in embedder.state_dict().items():
         assert torch.equal(model.scorer.backbone.state_dict()[key], value), key
     with pytest.raises(ValueError, match="embedding network is a resnet18, the scorer a resnet10t"):
@@ -187,21 +193,26 @@ def test_sgd_with_linear_decay() -> None:
         True,
         5e-4,
     )
-    factor = sched.lr_lambdas[0]
-    assert [factor(e) for e in (0, 5, 10)] == pytest.approx([1.0, 1.0 - 0.99 * 0.5, 0.01])
+    lrs = []
+    for _ in range(13):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    factors = [lr / 1e-3 for lr in lrs]
+    assert [factors[e] for e in (0, 5, 10)] == pytest.approx([1.0, 1.0 - 0.99 * 0.5, 0.01])
+    # the same values as the LambdaLR it replaced: max(ratio, 1 - (1 - ratio) * epoch / epochs), held after
+    assert factors == pytest.approx([max(0.01, 1.0 - 0.99 * e / 10) for e in range(13)], rel=1e-12)
+    # no fixed length (max_epochs=-1): a constant learning rate
+    model.trainer = Trainer(
+        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    assert set(model.configure_optimizers()) == {"optimizer"}
 
 
 def test_pseudo_label_agreement_and_predict_rows() -> None:
     model = CRLUIQA(image_size=32, proj_dim=8)
     model.scorer = MeanScorer()
     model.init_metrics(["a", "b"])
-    model.pseudo = DatasetPseudoLabels(
-        labels={"i0": 0.9, "i1": 0.1, "i2": 0.2, "i3": 0.6},
-        raw_scores={},
-        train_ids=[],
-        params={},
-        path=None,  # type: ignore[arg-type]
-    )
     bright, dark = torch.full((2, 1, 16, 16), 0.5), torch.full((2, 1, 16, 16), -0.5)
     batch = {
         "better": bright,
@@ -209,6 +220,9 @@ def test_pseudo_label_agreement_and_predict_rows() -> None:
         "better_id": ["i0", "i2"],
         "worse_id": ["i1", "i3"],
         "plane": ["a", "b"],
+        # the pseudo-labels of i0..i3 are 0.9, 0.1, 0.2, 0.6
+        "better_pseudo_label": torch.tensor([0.9, 0.2]),
+        "worse_pseudo_label": torch.tensor([0.1, 0.6]),
     }
     model.validation_step(batch, 0)
     # the scorer ranks both pairs right; the pseudo-labels only the first (0.9 > 0.1, 0.2 < 0.6)
@@ -283,25 +297,29 @@ def tiny_dm(tiny_dataset) -> ImageDataModule:
     return dm
 
 
+def loader_of(dm: ImageDataModule, records) -> list[dict]:
+    """One batch holding every image of ``records``, in order."""
+    ds = dm.image_dataset(records)
+    return [
+        {
+            "image": torch.stack([ds[i]["image"] for i in range(len(ds))]),
+            "image_id": [r.image_id for r in records],
+        }
+    ]
+
+
 def test_random_embedding_is_seeded_and_leaves_the_global_rng(tiny_dm: ImageDataModule) -> None:
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    a, name = build_embedding_model(PseudoLabelSpec(seed=7), 1)
+    a = build_embedding_model(seed=7, in_channels=1)
     after = torch.rand(3)
-    b, _ = build_embedding_model(PseudoLabelSpec(seed=7), 1)
-    assert name == "resnet18" and torch.equal(before, after)
-    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+    b = build_embedding_model(seed=7, in_channels=1)
+    assert a.backbone == "resnet18" and a.kind == "random" and torch.equal(before, after)
+    for pa, pb in zip(a.net.state_dict().values(), b.net.state_dict().values()):
         assert torch.equal(pa, pb)
     # with the residual branches live, distinct small images get distinct embeddings
-    ds = ImageDataset(tiny_dm.records(role="train")[:6], tiny_dm.classes, 1, tiny_dm.hw)
-    emb, _ = embed_images(
-        a,
-        [{"image": torch.stack([ds[i]["image"] for i in range(6)]), "image_id": list("abcdef")}],
-        "cpu",
-        "t",
-        False,
-    )
+    emb, _ = embed_images(a.net, loader_of(tiny_dm, tiny_dm.records(role="train")[:6]), "cpu")
     assert float(torch.cdist(emb, emb).max()) > 0
 
 
@@ -314,10 +332,49 @@ def test_classifier_checkpoint_as_embedding(tmp_path) -> None:
     }
     path = tmp_path / "plane_classifier.ckpt"
     torch.save(ckpt, path)
-    model, name = build_embedding_model(PseudoLabelSpec(embedding=str(path), backbone="resnet18"), 1)
-    assert name == "resnet10t"
+    emb = build_embedding_model(str(path), backbone="resnet18", in_channels=1)
+    assert emb.backbone == "resnet10t" and emb.kind == "checkpoint" and len(emb.sha256) == 64
     x = images(2)
-    torch.testing.assert_close(model.eval()(x), clf.embed(x))
+    torch.testing.assert_close(emb.net.eval()(x), clf.embed(x))
+
+
+def dualrep_checkpoint(path: Path, seed: int = 0) -> torch.nn.Module:
+    """A DualRepSSL checkpoint in the real layout (``net.<encoder>.…`` under ``state_dict``, other encoders and
+    heads beside the image encoder); returns the image encoder whose weights it holds."""
+    from lightning_modules.dualrep_ssl.nets import ImageEncoder
+
+    torch.manual_seed(seed)
+    encoder = ImageEncoder().eval()
+    state = {f"net.image_encoder.{k}": v for k, v in encoder.state_dict().items()}
+    state["net.video_encoder.backbone.stem.0.weight"] = torch.randn(45, 3, 1, 7, 7)
+    state["net.mmcl_proj.i.linear.weight"] = torch.randn(512, 512)
+    torch.save({"state_dict": state, "hyper_parameters": {"use_image": True, "latent_dim": 512}}, path)
+    return encoder
+
+
+def test_dualrep_checkpoint_image_encoder_as_embedding(tmp_path) -> None:
+    """A DualRepSSL checkpoint gives its self-supervised image encoder as P(.), weights and all, and the scorer
+    starts from it (the embedding for data without labels)."""
+    from lightning_modules.dualrep_ssl.module import DualRepSSL
+    from lightning_modules.dualrep_ssl.nets import ImageEncoder
+
+    # the prefix is where DualRepSSL really keeps its image encoder
+    keys = list(DualRepSSL(image_size=32, in_channels=1).state_dict())
+    assert {f"{DUALREP_IMAGE_PREFIX}{k}" for k in ImageEncoder().state_dict()} <= set(keys)
+    path = tmp_path / "dualrep.ckpt"
+    encoder = dualrep_checkpoint(path)
+    emb = build_embedding_model(str(path), in_channels=1)
+    assert emb.kind == "dualrep_ssl" and emb.backbone == "resnet18"
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(emb.net.state_dict()[key], value), key
+    x = images(2)
+    torch.testing.assert_close(emb.net.eval()(x), encoder(x))  # grey in, ImageNet-normalised RGB inside
+    model = CRLUIQA(image_size=32, proj_dim=8, init_from_embedding=True, embedding=str(path))
+    torch.testing.assert_close(model.scorer.eval().embed(x), encoder(x))
+    bad = tmp_path / "not_dualrep.ckpt"
+    torch.save({"state_dict": {"net.image_encoder.backbone.conv1.weight": torch.zeros(3)}}, bad)
+    with pytest.raises(ValueError, match="DualRepSSL image encoder does not load"):
+        build_embedding_model(str(bad))
 
 
 def test_dataset_pseudo_labels_match_the_formulas_and_are_cached(tiny_dm: ImageDataModule, tmp_path) -> None:
@@ -327,19 +384,11 @@ def test_dataset_pseudo_labels_match_the_formulas_and_are_cached(tiny_dm: ImageD
     assert set(result.labels) == {r.image_id for r in records}
     assert result.path.parent.name == "crl_uiqa" and result.path.is_file()
     # the same numbers from the pure functions: embeddings -> per-plane k-NN, Yeo-Johnson, min-max
-    model, _ = build_embedding_model(spec, 1)
+    model = build_embedding_model(seed=1, in_channels=1).net
     std_records = tiny_dm.records(role="standard")
-    loader = lambda recs: [  # noqa: E731
-        {
-            "image": torch.stack(
-                [ImageDataset(recs, tiny_dm.classes, 1, tiny_dm.hw)[i]["image"] for i in range(len(recs))]
-            ),
-            "image_id": [r.image_id for r in recs],
-        }
-    ]
     train = [r for r in records if r.split == "train"]
-    emb, _ = embed_images(model, loader(train), "cpu", "t", False)
-    std, _ = embed_images(model, loader(std_records), "cpu", "t", False)
+    emb, _ = embed_images(model, loader_of(tiny_dm, train), "cpu")
+    std, _ = embed_images(model, loader_of(tiny_dm, std_records), "cpu")
     made = make_pseudo_labels(
         emb, std, 2, True, groups=[r.plane for r in train], standard_groups=[r.plane for r in std_records]
     )
@@ -348,11 +397,12 @@ def test_dataset_pseudo_labels_match_the_formulas_and_are_cached(tiny_dm: ImageD
     for plane in {r.plane for r in train}:
         sel = np.array([r.plane == plane for r in train])
         assert got[sel].min() == pytest.approx(0.0, abs=1e-12) and got[sel].max() == pytest.approx(1.0)
-    # other splits: the training split's λ, min and max applied to their raw scores
+    # other splits: the training split's λ, min and max (stored with the labels) applied to their raw scores
     others = [r for r in records if r.split != "train"]
-    raw = np.array([result.raw_scores[r.image_id] for r in others])
-    want = apply_pseudo_label_params(raw, result.params, [r.plane for r in others])
-    np.testing.assert_allclose([result.labels[r.image_id] for r in others], want, atol=1e-9)
+    for r in others:
+        p = result.params["groups"][r.plane]
+        y = scipy.stats.yeojohnson(np.array([result.raw_scores[r.image_id]]), lmbda=p["lambda"])[0]
+        assert result.labels[r.image_id] == pytest.approx((y - p["lo"]) / (p["hi"] - p["lo"]), abs=1e-9)
     assert result.train_ids == [r.image_id for r in train]
     # second call: read back, file untouched; another k: another file
     mtime = result.path.stat().st_mtime_ns
@@ -362,7 +412,68 @@ def test_dataset_pseudo_labels_match_the_formulas_and_are_cached(tiny_dm: ImageD
     assert other.path != result.path
     # an explicit file made with other parameters is refused, naming the difference
     with pytest.raises(ValueError, match=r"spec\.k: file has 2, expected 1"):
-        dataset_pseudo_labels(tiny_dm, PseudoLabelSpec(k=1, seed=1), "cpu", path=result.path, progress=False)
+        dataset_pseudo_labels(
+            tiny_dm, PseudoLabelSpec(k=1, seed=1, file=str(result.path)), "cpu", progress=False
+        )
+
+
+BEFORE = json.loads((Path(__file__).parent / "data" / "pseudo_labels_before.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"),
+    [
+        ("k2_seed1", PseudoLabelSpec(k=2, seed=1)),
+        ("k2_seed1_nosmooth", PseudoLabelSpec(k=2, seed=1, smoothing=False)),
+        ("k3_pooled", PseudoLabelSpec(k=3, seed=0, per_plane=False)),
+    ],
+)
+def test_data_stage_labels_equal_the_module_path_before(tiny_dm: ImageDataModule, name, spec) -> None:
+    """The labels of the tiny dataset (32 px, random resnet18) as the old module-side step made them."""
+    result = dataset_pseudo_labels(tiny_dm, spec, "cpu", progress=False)
+    want = BEFORE["tiny"][name]
+    assert set(result.labels) == set(want["labels"])
+    ids = sorted(want["labels"])
+    np.testing.assert_allclose(
+        [result.raw_scores[i] for i in ids], [want["raw_scores"][i] for i in ids], rtol=1e-5
+    )
+    np.testing.assert_allclose([result.labels[i] for i in ids], [want["labels"][i] for i in ids], atol=1e-5)
+
+
+def test_datamodule_delivers_pseudo_labels_in_batches(tiny_dataset, tmp_path) -> None:
+    """With ``pseudo_labels`` set, training images and evaluation pairs carry their labels; predict batches and a
+    DataModule without the option carry none; the stage is cached under the DataModule's cache folder."""
+    spec = PseudoLabelSpec(k=2, seed=1)
+    kwargs = dict(
+        root=str(tiny_dataset), synthetic=None, image_size=32, batch_size=4, cache_dir=str(tmp_path)
+    )
+    dm = ImageDataModule(**kwargs, pseudo_labels=spec)
+    dm.prepare_data()
+    made = dm.pseudo
+    assert made is not None and made.path.parent == tmp_path / "crl_uiqa"
+    dm.setup("fit")
+    train = next(iter(dm.train_dataloader()))
+    want = made.lookup(list(train["image_id"]))
+    torch.testing.assert_close(train["pseudo_label"], want)
+    assert train["pseudo_label"].dtype == torch.float32
+    pairs = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(pairs["better_pseudo_label"], made.lookup(list(pairs["better_id"])))
+    torch.testing.assert_close(pairs["worse_pseudo_label"], made.lookup(list(pairs["worse_id"])))
+    assert dm.state_dict()["pseudo_labels"]["file"] == str(made.path)
+    # another process (another rank, a later run) reads the same file back at setup without re-embedding
+    mtime = made.path.stat().st_mtime_ns
+    other = ImageDataModule(**kwargs, pseudo_labels=spec)
+    other.setup("fit")
+    assert other.pseudo is not None and other.pseudo.labels == made.labels
+    assert made.path.stat().st_mtime_ns == mtime
+    predict = ImageDataModule(**kwargs, pseudo_labels=spec)
+    predict.setup("predict")
+    assert predict.pseudo is None and "pseudo_label" not in next(iter(predict.predict_dataloader()))
+    plain = ImageDataModule(**kwargs)
+    plain.setup("fit")
+    assert "pseudo_label" not in next(iter(plain.train_dataloader()))
+    with pytest.raises(DataError, match="no pseudo-label"):
+        plain.datasets["train"].attach_pseudo_labels({})
 
 
 def test_pseudo_label_command(tiny_dataset, tmp_path) -> None:
@@ -374,6 +485,23 @@ def test_pseudo_label_command(tiny_dataset, tmp_path) -> None:
     assert params["smoothing"] is False and params["spec"]["k"] == 2 and params["image_size"] == [32, 32]
     doc = json.loads(out.read_text())
     assert len(ids) == len(doc["raw_scores"]) and np.all(np.isfinite(labels))
+
+
+def test_crl_modules_never_import_a_datamodule() -> None:
+    """The model package reads its pseudo-labels from the batch: no crl_uiqa module imports the DataModules or
+    the pseudo-label stage (data helpers such as readers stay allowed)."""
+    package = Path(module_mod.__file__).parent
+    for file in package.glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert name not in ("datamodules.images", "datamodules.pseudo_labels"), f"{file.name}: {name}"
 
 
 # --------------------------------------------------------------------------------------------- ranking

@@ -1,4 +1,4 @@
-"""PairwiseAccuracy (hand example, ties, per plane, DDP sync), spearman, blur_monotonicity."""
+"""PairwiseAccuracy (hand example, ties, per plane, DDP sync), the Spearman metric, blur_monotonicity."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import math
 import os
 import socket
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torchmetrics.regression import SpearmanCorrCoef
 
-from lightning_modules.common.pairwise import PairwiseAccuracy, blur_monotonicity, spearman
+from lightning_modules.common.pairwise import PairwiseAccuracy, blur_monotonicity
 
 # pair:   0     1 (tie)  2     3     4 (tie)
 BETTER = [0.9, 0.5, 0.3, 0.7, 0.2]
@@ -98,11 +101,27 @@ def test_ddp_sync_of_per_plane_counts() -> None:
         assert results[r]["plane/head"] == 0.0
 
 
-def test_spearman() -> None:
-    assert spearman(torch.tensor([1.0, 2.0, 3.0]), [10, 20, 30]) == pytest.approx(1.0)
-    assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
-    assert spearman([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5)
-    assert math.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+def test_spearman_metric_the_module_logs() -> None:
+    """``spearman_pseudo`` is torchmetrics' SpearmanCorrCoef (the one Spearman in the code): hand values, and
+    scipy's average-rank Spearman on data with ties, accumulated over batches."""
+
+    def rho(a, b) -> float:
+        metric = SpearmanCorrCoef()
+        metric.update(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32))
+        return float(metric.compute())
+
+    # (torchmetrics keeps an epsilon in the denominator: equal to ~1e-6)
+    assert rho([1.0, 2.0, 3.0], [10, 20, 30]) == pytest.approx(1.0, abs=1e-5)
+    assert rho([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0, abs=1e-5)
+    assert rho([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5, abs=1e-5)
+    # no ordering: no correlation
+    assert rho([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(0.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 40).astype(float), rng.normal(size=40)
+    metric = SpearmanCorrCoef()
+    for i in range(0, 40, 16):
+        metric.update(torch.tensor(a[i : i + 16]), torch.tensor(b[i : i + 16]))
+    assert float(metric.compute()) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-5)
 
 
 def test_blur_monotonicity() -> None:

@@ -1,9 +1,11 @@
-"""Pseudo-labels: k-NN distance scores, Yeo-Johnson, min-max, grouping, storage, embedding extraction."""
+"""Pseudo-labels: k-NN distance scores, Yeo-Johnson, min-max, grouping, storage, embedding extraction; and the
+labels of the code before the move to the data layer (scipy + hand min-max) as known answers."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +13,16 @@ import scipy.stats
 import torch
 from torch import nn
 
-from lightning_modules.crl_uiqa.pseudo_labels import (
-    apply_pseudo_label_params,
-    extract_embeddings,
+from datamodules.pseudo_labels import (
+    embed_images,
     knn_distance_scores,
+    label_transform,
     load_pseudo_labels,
     make_pseudo_labels,
-    minmax,
     save_pseudo_labels,
-    yeo_johnson,
 )
+
+BEFORE = json.loads((Path(__file__).parent / "data" / "pseudo_labels_before.json").read_text())
 
 # Standard planes on the x axis at 0, 1, 3, 10; four images with hand-computed neighbour distances.
 STANDARD = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
@@ -62,35 +64,28 @@ def test_knn_scores_errors() -> None:
         knn_distance_scores(IMAGES, torch.zeros(0, 2), k=1)
 
 
-def test_yeo_johnson_equals_scipy() -> None:
+def test_yeo_johnson_step_equals_scipy() -> None:
+    """The fitted sklearn PowerTransformer is scipy's Yeo-Johnson: same maximum-likelihood λ, same values."""
     x = np.random.default_rng(0).lognormal(size=200) * -1.0
-    y, lam = yeo_johnson(x)
+    pipe = label_transform(x, smoothing=True)
     y_ref, lam_ref = scipy.stats.yeojohnson(x)
-    assert lam == pytest.approx(lam_ref)
-    np.testing.assert_allclose(y, y_ref)
-    # tensors keep kind, device and dtype; a given lambda is applied as is
-    yt, lam_t = yeo_johnson(torch.as_tensor(x, dtype=torch.float32))
-    assert isinstance(yt, torch.Tensor) and yt.dtype == torch.float32
-    assert lam_t == pytest.approx(lam_ref, rel=1e-4)
-    y2, lam2 = yeo_johnson(x, lmbda=0.5)
-    assert lam2 == 0.5
-    np.testing.assert_allclose(y2, scipy.stats.yeojohnson(x, lmbda=0.5))
-    with pytest.raises(ValueError, match="distinct"):
-        yeo_johnson(np.ones(5))
+    assert pipe["yeo_johnson"].lambdas_[0] == pytest.approx(lam_ref)
+    np.testing.assert_allclose(pipe["yeo_johnson"].transform(x[:, None])[:, 0], y_ref)
+    np.testing.assert_allclose(pipe.transform(x[:, None])[:, 0], (y_ref - y_ref.min()) / np.ptp(y_ref))
+    with pytest.raises(ValueError, match="does not separate"):
+        label_transform(np.ones(5), smoothing=True)
 
 
-def test_minmax_exact_range_and_constant() -> None:
+def test_minmax_step_exact_range_and_constant() -> None:
     x = np.array([-3.3, 0.1, 7.7, 2.0])
-    y = minmax(x)
+    pipe = label_transform(x, smoothing=False)
+    y = pipe.transform(x[:, None])[:, 0]
     assert y.min() == 0.0 and y.max() == 1.0
     np.testing.assert_allclose(y, (x - x.min()) / (x.max() - x.min()))
-    yt = minmax(torch.tensor([2.0, 4.0, 3.0]))
-    torch.testing.assert_close(yt, torch.tensor([0.0, 1.0, 0.5]))
-    with pytest.raises(ValueError, match="constant"):
-        minmax(np.full(4, 2.5))
-    np.testing.assert_array_equal(minmax(np.full(3, 2.5), on_constant="half"), [0.5, 0.5, 0.5])
-    # with external bounds values may leave [0, 1]
-    np.testing.assert_allclose(minmax(np.array([0.0, 2.0]), lo=0.0, hi=1.0), [0.0, 2.0])
+    with pytest.raises(ValueError, match="does not separate"):
+        label_transform(np.full(4, 2.5), smoothing=False)
+    # applied to new scores the fitted range is kept, so values may leave [0, 1]
+    np.testing.assert_allclose(pipe.transform(np.array([[-3.3 - 11.0], [7.7 + 11.0]]))[:, 0], [-1.0, 2.0])
 
 
 def test_make_pseudo_labels_paper_pipeline() -> None:
@@ -119,8 +114,8 @@ def test_make_pseudo_labels_paper_pipeline() -> None:
     assert plain.labels[np.argmax(raw)] == 1.0
 
     # applying the stored parameters to the training scores reproduces the labels
-    np.testing.assert_allclose(apply_pseudo_label_params(raw, pl.params), pl.labels, atol=1e-12)
-    np.testing.assert_allclose(apply_pseudo_label_params(raw, plain.params), plain.labels, atol=1e-12)
+    np.testing.assert_allclose(pl.apply(raw), pl.labels, atol=1e-12)
+    np.testing.assert_allclose(plain.apply(raw), plain.labels, atol=1e-12)
 
 
 def test_make_pseudo_labels_grouped() -> None:
@@ -133,9 +128,7 @@ def test_make_pseudo_labels_grouped() -> None:
     np.testing.assert_allclose(pl.raw_scores, [-1.0, -3.0, -2.0, -1.0, -5.0])
     np.testing.assert_allclose(pl.labels, [1.0, 0.0, 0.5, 1.0, 0.0])
     assert set(pl.params["groups"]) == {"a", "b"} and pl.lmbda is None
-    np.testing.assert_allclose(
-        apply_pseudo_label_params(pl.raw_scores, pl.params, groups), pl.labels, atol=1e-12
-    )
+    np.testing.assert_allclose(pl.apply(pl.raw_scores, groups), pl.labels, atol=1e-12)
     with pytest.raises(ValueError, match="groups without any standard image"):
         make_pseudo_labels(emb, std, k=1, groups=["a", "a", "a", "b", "c"], standard_groups=std_groups)
     with pytest.raises(ValueError, match="group 'a'"):
@@ -184,10 +177,10 @@ class _Embedder(nn.Module):
         return self.drop(self.lin(x.flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # not used: embed() is preferred
-        raise AssertionError("extract_embeddings must call embed()")
+        raise AssertionError("embed_images must call embed()")
 
 
-def test_extract_embeddings() -> None:
+def test_embed_images() -> None:
     torch.manual_seed(0)
     model = _Embedder().train()
     images = torch.randn(7, 1, 2, 2)
@@ -195,9 +188,42 @@ def test_extract_embeddings() -> None:
         {"image": images[i : i + 3], "image_id": [f"id{j}" for j in range(i, min(i + 3, 7))]}
         for i in (0, 3, 6)
     ]
-    emb, ids = extract_embeddings(model, loader, "cpu", return_ids=True)
+    emb, ids = embed_images(model, loader, "cpu")
     assert model.training  # mode restored
     assert ids == [f"id{j}" for j in range(7)]
     torch.testing.assert_close(emb, model.lin(images.flatten(1)).detach())  # eval mode: no dropout
     assert not emb.requires_grad
-    assert extract_embeddings(model, loader, "cpu").shape == (7, 3)
+    assert embed_images(model, [{"image": images}], "cpu")[0].shape == (7, 3)
+
+
+# --------------------------------------------------------------------------------------------- before / after
+
+
+@pytest.mark.parametrize("smoothing", [True, False])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_labels_equal_the_code_before_the_move(smoothing: bool, grouped: bool) -> None:
+    """sklearn's PowerTransformer + MinMaxScaler give the labels that scipy's Yeo-Johnson and the hand-written
+    min-max gave (recorded before the change), on the training set and applied to new scores."""
+    want = BEFORE["pure"][f"smoothing={smoothing},grouped={grouped}"]
+    g = torch.Generator().manual_seed(1)
+    std = torch.randn(10, 8, generator=g, dtype=torch.float64)
+    emb = torch.randn(60, 8, generator=g, dtype=torch.float64)
+    emb = emb * torch.rand(60, 1, generator=g, dtype=torch.float64) * 3
+    groups, std_groups = ["a"] * 30 + ["b"] * 30, ["a"] * 5 + ["b"] * 5
+    pl = make_pseudo_labels(
+        emb[:50],
+        std,
+        3,
+        smoothing,
+        groups=groups[:50] if grouped else None,
+        standard_groups=std_groups if grouped else None,
+    )
+    np.testing.assert_allclose(pl.raw_scores, want["raw"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(pl.labels, want["labels"], rtol=0, atol=1e-9)
+    assert (pl.lmbda is None) == (want["lambda"] is None)
+    if pl.lmbda is not None:
+        assert pl.lmbda == pytest.approx(want["lambda"], rel=1e-9)
+    new = knn_distance_scores(emb[50:], std[5:] if grouped else std, 3)
+    np.testing.assert_allclose(
+        pl.apply(new, groups[50:] if grouped else None), want["applied"], rtol=0, atol=1e-9
+    )

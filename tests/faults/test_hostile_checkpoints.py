@@ -196,7 +196,7 @@ def test_trainer_ckpt_path_in_experiments_and_demo(hostile, monkeypatch) -> None
 def _weights_loaders(path: Path) -> dict[str, object]:
     """Every config option that reads a weights / checkpoint file, as the call the option makes."""
     from lightning_modules.common.weights import load_state_dict_file
-    from lightning_modules.crl_uiqa.labelling import _checkpoint_backbone
+    from lightning_modules.crl_uiqa.embedding import build_embedding_model
     from lightning_modules.crl_uiqa.nets import build_backbone
     from lightning_modules.dualrep_ssl.nets import AudioEncoder, ImageEncoder, VideoEncoder
     from lightning_modules.finetune.nets import build_encoder
@@ -206,7 +206,7 @@ def _weights_loaders(path: Path) -> dict[str, object]:
     return {
         "common.weights.load_state_dict_file": lambda: load_state_dict_file(path),
         "crl_uiqa pretrained_path (build_backbone)": lambda: build_backbone("resnet18", 1, path),
-        "crl_uiqa embedding (checkpoint backbone name)": lambda: _checkpoint_backbone(path),
+        "crl_uiqa embedding (checkpoint backbone name)": lambda: build_embedding_model(str(path)),
         "dualrep image_weights": lambda: ImageEncoder(weights_path=path),
         "dualrep video_weights": lambda: VideoEncoder(weights_path=path),
         "dualrep audio_weights": lambda: AudioEncoder(weights_path=path),

@@ -23,7 +23,7 @@ TINY_TEST_IMAGES = 12  # 4 planes × 3 test images in the tiny preset
 
 def crl_fast() -> list[str]:
     """The tiny preset has 4 standard images per plane, so k must be <= 4."""
-    return ["--model.init_args.k=2", "--model.init_args.proj_dim=16"]
+    return ["--data.init_args.pseudo_labels.k=2", "--model.init_args.proj_dim=16"]
 
 
 def configs(configs_dir: Path, overlay: str | None) -> list[str]:
@@ -101,7 +101,7 @@ def test_demo_overlay_bf16(run_cli, configs_dir, tiny_dataset, tmp_path) -> None
 
 @pytest.mark.ddp
 def test_ddp_two_cpu_processes(run_cli_subprocess, configs_dir, tiny_dataset, tmp_path) -> None:
-    """Rank 0 builds the pseudo-labels and broadcasts them; both ranks train; the checkpoint records them."""
+    """Rank 0 builds the pseudo-labels (prepare_data), every rank reads them; the checkpoint records them."""
     args = [*configs(configs_dir, None), *tiny_data(tiny_dataset), *crl_fast()]
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     run_cli_subprocess(
@@ -117,7 +117,7 @@ def test_ddp_two_cpu_processes(run_cli_subprocess, configs_dir, tiny_dataset, tm
     (ckpt,) = tmp_path.rglob("last.ckpt")
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 2  # limit_train_batches on each rank; the ranks step together
-    record = saved["crl_uiqa_pseudo_labels"]
+    record = saved["ImageDataModule"]["pseudo_labels"]  # the DataModule state: which labels trained it
     assert Path(record["file"]).is_file() and record["params"]["spec"]["k"] == 2
 
 
@@ -142,13 +142,13 @@ def test_classifier_embedding_scorer_and_ranking(run_cli, configs_dir, tiny_data
         *configs(configs_dir, None),
         *tiny_data(tiny_dataset),
         *crl_fast(),
-        f"--model.init_args.embedding={clf_ckpt}",  # the scorer starts from it too (init_from_embedding)
+        f"--data.init_args.pseudo_labels.embedding={clf_ckpt}",  # the scorer starts from it too
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1",
     ]
     cli = run_cli(["fit", *crl_args])
-    assert cli.model.pseudo.params["spec"]["embedding"] == str(clf_ckpt)
+    assert cli.datamodule.pseudo.params["spec"]["embedding"] == str(clf_ckpt)
     crl_ckpt = Path(last_checkpoint(cli.trainer))
     images = sorted((tiny_dataset / "images" / "abdomen").glob("*.png"))[:4]
     ranking = ranking_main(["--checkpoint", str(crl_ckpt), "--images", *map(str, images), "--device", "cpu"])
@@ -160,7 +160,7 @@ def test_table_runner(configs_dir, tiny_dataset, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     chosen = {r.name: r for r in tables.rows()}
     trained = chosen["Pseudo-label"]
-    trained.args = ["--model.init_args.k=2"]
+    trained.args = ["--data.init_args.pseudo_labels.k=2"]
     out = tmp_path / "table"
     table = run_table(
         [trained, chosen["MSSIM"]],
