@@ -12,7 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc, binary_stat_scores
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_precision_recall_curve,
+    binary_stat_scores,
+)
 
 __all__ = ["auc", "best_auc_score", "best_f1_threshold", "binary_metrics"]
 
@@ -38,25 +42,23 @@ def _prepare(scores: ArrayLike, labels: ArrayLike) -> tuple[Tensor, Tensor]:
 def best_f1_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
     """The threshold (one of the scores) that maximises F1 of ``score >= threshold`` → anomaly.
 
-    Every distinct score is a candidate; F1 for all of them comes from one sort and cumulative sums.
-    Among equally good thresholds the smallest is returned. With no positive label every F1 is 0 and
-    the smallest score is returned.
+    Every distinct score is a candidate; precision and recall at all of them come from torchmetrics'
+    ``binary_precision_recall_curve``. The curve is computed on the scores' ranks scaled to ``[0, 1]``
+    (torchmetrics would squash scores outside ``[0, 1]`` with a sigmoid, merging large ones into ties),
+    then mapped back to the scores. Among equally good thresholds the smallest is returned. With no
+    positive label every F1 is 0 and the smallest score is returned.
     """
     s, y = _prepare(scores, labels)
-    order = torch.argsort(s, descending=True, stable=True)
-    s_sorted, y_sorted = s[order], y[order].to(torch.float64)
-    tp = torch.cumsum(y_sorted, 0)
-    fp = torch.cumsum(1 - y_sorted, 0)
-    # a threshold equal to s_sorted[k] predicts all samples with score >= it: keep the last index of
-    # each run of equal scores
-    last = torch.ones_like(s_sorted, dtype=torch.bool)
-    last[:-1] = s_sorted[:-1] != s_sorted[1:]
-    thresholds, tp, fp = s_sorted[last], tp[last], fp[last]
-    fn = y_sorted.sum() - tp
-    denom = 2 * tp + fp + fn
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
+    if not y.any():  # every F1 is 0 (torchmetrics would warn that recall is undefined)
+        return float(s.min())
+    distinct, rank = torch.unique(s, sorted=True, return_inverse=True)
+    top = max(len(distinct) - 1, 1)
+    precision, recall, thresholds = binary_precision_recall_curve(rank.to(torch.float64) / top, y)
+    precision, recall = precision[:-1], recall[:-1]  # the last point is the (1, 0) end of the curve
+    f1 = torch.nan_to_num(2 * precision * recall / (precision + recall), nan=0.0)
     best = f1.max()
-    return float(thresholds[f1 >= best - 1e-12].min())  # equal F1 up to rounding -> smallest threshold
+    index = torch.round(thresholds[f1 >= best - 1e-12].min() * top).long()  # equal F1 up to rounding
+    return float(distinct[index])
 
 
 def binary_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float) -> dict[str, float]:
