@@ -19,7 +19,7 @@ by every process at ``setup``; the batches carry the labels (``pseudo_label``; p
 / ``worse_pseudo_label``). Steps:
 
 1. the embedding network ``P(.)`` (:mod:`lightning_modules.crl_uiqa.embedding`: seeded random timm backbone,
-   a plane-classifier or DualRepSSL checkpoint, or a weights file);
+   ImageNet weights, a plane-classifier or DualRepSSL checkpoint, or a weights file);
 2. embeddings of the ``role=train`` images of every split and of the ``role=standard`` set;
 3. labels fitted on the **training split**; images of the other splits are labelled with the fitted
    transforms (not clipped) and serve only as diagnostics (how well the pseudo-labels rank the eval pairs);
@@ -79,7 +79,7 @@ __all__ = [
 
 FORMAT = "sonolab.crl_uiqa.pseudo_labels"
 _VERSION = 1
-NAMED_EMBEDDINGS = ("random",)
+NAMED_EMBEDDINGS = ("random", "imagenet")  # lightning_modules.crl_uiqa.embedding.NAMED
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ class PseudoLabelSpec:
     """Everything that defines the pseudo-labels apart from the data (``data.init_args.pseudo_labels``).
 
     Args:
-        embedding: ``"random"`` (a randomly initialised ``backbone``, seeded by ``seed``) or the path of a
+        embedding: ``"random"`` (a randomly initialised ``backbone``, seeded by ``seed``), ``"imagenet"``
+            (torchvision's ImageNet weights of ``backbone`` from the torch.hub cache) or the path of a
             PlaneClassifierModule / DualRepSSL checkpoint or a weights file
             (:mod:`lightning_modules.crl_uiqa.embedding`).
         backbone: timm model name of the embedding network (a checkpoint that stores its backbone name
@@ -700,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> DatasetPseudoLabels:
     ap.add_argument(
         "--embedding",
         default="random",
-        help="'random' or a plane-classifier / DualRepSSL checkpoint or weights",
+        help="'random', 'imagenet', or a plane-classifier / DualRepSSL checkpoint or a weights file",
     )
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--seed", type=int, default=0)

@@ -5,6 +5,9 @@ Plain networks only (no Lightning, no data): the data stage that computes the ps
 network to start its scorer from (``init_from_embedding``). ``embedding`` selects it:
 
 * ``"random"``: a timm ``backbone`` with random weights, seeded (the default; no labels, no download);
+* ``"imagenet"``: the timm ``backbone`` with torchvision's ImageNet weights, read by timm's own loader from the
+  torch.hub cache (downloaded where a network allows; :func:`lightning_modules.common.pretrained.pretrained_backbone`;
+  grey input: the first convolution summed over RGB);
 * the path of a :class:`~.plane_classifier.PlaneClassifierModule` checkpoint: its backbone (name read from the
   checkpoint's hyper-parameters), trained on the plane labels (the paper's set-up);
 * the path of a DualRepSSL checkpoint: its self-supervised image encoder (torchvision ResNet-18 with its
@@ -28,13 +31,16 @@ import torch
 from torch import nn
 
 from lightning_modules.common.checkpoints import load_checkpoint
+from lightning_modules.common.pretrained import cached_file, pretrained_backbone, weights_source
 from lightning_modules.common.weights import load_state_dict_file, load_weights
 from lightning_modules.crl_uiqa.nets import build_backbone
+from lightning_modules.dualrep_ssl.nets import ENCODER_PREFIXES, ImageEncoder
 
-__all__ = ["DUALREP_IMAGE_PREFIX", "Embedding", "build_embedding_model", "checkpoint_backbone"]
+__all__ = ["DUALREP_IMAGE_PREFIX", "NAMED", "Embedding", "build_embedding_model", "checkpoint_backbone"]
 
 # Where DualRepSSL keeps its image encoder (``DualRepSSL.net.image_encoder``) in a checkpoint's state dict.
-DUALREP_IMAGE_PREFIX = "net.image_encoder."
+DUALREP_IMAGE_PREFIX = ENCODER_PREFIXES["image"]
+NAMED = ("random", "imagenet")
 
 
 @dataclass
@@ -44,9 +50,10 @@ class Embedding:
     Attributes:
         net: ``images B×C×H×W in [-1, 1] -> B×D``.
         backbone: the architecture's name (timm name; ``"resnet18"`` for DualRepSSL's torchvision encoder).
-        kind: ``"random"``, ``"checkpoint"`` (a sonolab checkpoint naming its backbone, e.g. the plane
+        kind: ``"random"``, ``"imagenet"``, ``"checkpoint"`` (a sonolab checkpoint naming its backbone, e.g. the plane
             classifier), ``"dualrep_ssl"`` or ``"weights"`` (a plain weights file).
-        sha256: content hash of the weights file (``None`` for ``"random"``).
+        sha256: content hash of the weights file (``None`` for ``"random"``; the cached ImageNet file's for
+            ``"imagenet"``).
     """
 
     net: nn.Module
@@ -108,15 +115,18 @@ def build_embedding_model(
                 torch.manual_seed(seed)
                 net, _ = build_backbone(backbone, in_channels)
         return Embedding(net, backbone, "random")
+    if embedding == "imagenet":
+        source = weights_source(backbone, "imagenet")  # a clear error for a backbone without ImageNet weights
+        net, _ = pretrained_backbone(backbone, "imagenet", in_chans=in_channels)
+        return Embedding(net, backbone, "imagenet", file_sha256(cached_file(source)))
     path = Path(embedding)
     if not path.is_file():
         raise FileNotFoundError(
-            f"pseudo-label embedding {embedding!r} is neither 'random' nor an existing weights / checkpoint file"
+            f"pseudo-label embedding {embedding!r} is neither one of {NAMED} nor an existing weights / "
+            "checkpoint file"
         )
     digest = file_sha256(path)
     if _is_dualrep(path):
-        from lightning_modules.dualrep_ssl.nets import ImageEncoder
-
         encoder = ImageEncoder()
         try:
             load_weights(encoder, path, prefix=DUALREP_IMAGE_PREFIX, ignore=("backbone.fc.*",))

@@ -14,6 +14,7 @@ from lightning_modules.crl_uiqa.baselines import (
     NIQE,
     _aggd_fit,
     _ggd_fit,
+    brisque_features,
     classical_scores,
     closest_standard,
     imresize_half,
@@ -100,6 +101,28 @@ def test_distribution_fits_recover_known_shapes() -> None:
     a, left, right = _aggd_fit(x)
     np.testing.assert_allclose(a, [2.0, 1.0], atol=0.03)
     np.testing.assert_allclose(left, right, rtol=0.02)
+
+
+def test_brisque_features_match_the_piq_reference_implementation() -> None:
+    """The 18 scale-1 BRISQUE features (MSCN, GGD fit of the coefficients, AGGD fits of the four neighbour
+    products with their means and variances) equal piq's independent implementation of the LIVE reference code
+    (``piq.brisque._natural_scene_statistics``, same 7×7 σ = 7/6 window, same shape tables). The image has a
+    black frame, as ultrasound has, so piq's zero padding and the replicate padding here see the same border.
+    (Scale 2 differs by design: MATLAB's bicubic ``imresize`` here, nearest/bilinear in piq. No published feature
+    or score values apply: NIQE's pristine model and BRISQUE's SVR are refitted on ultrasound standard planes.)"""
+    pytest.importorskip("piq")
+    import importlib
+
+    import cv2
+
+    piq_brisque = importlib.import_module("piq.brisque")
+    rng = np.random.default_rng(0)
+    image = np.zeros((112, 144))
+    inner = cv2.GaussianBlur(rng.uniform(0, 255, (96, 128)), (0, 0), 1.5)
+    image[8:-8, 8:-8] = np.clip(inner + rng.normal(0, 8, inner.shape), 0, 255)
+    ours = brisque_features(image)[:18]
+    reference = piq_brisque._natural_scene_statistics(torch.tensor(image)[None, None], 7, 7 / 6)
+    np.testing.assert_allclose(ours, reference.numpy().ravel(), rtol=1e-10, atol=1e-12)
 
 
 def test_imresize_half_matches_bicubic_antialias_inside() -> None:

@@ -11,6 +11,7 @@ DualRepSSL checkpoint; rankings by a brightness scorer.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -375,6 +376,36 @@ def test_dualrep_checkpoint_image_encoder_as_embedding(tmp_path) -> None:
     torch.save({"state_dict": {"net.image_encoder.backbone.conv1.weight": torch.zeros(3)}}, bad)
     with pytest.raises(ValueError, match="DualRepSSL image encoder does not load"):
         build_embedding_model(str(bad))
+
+
+def test_imagenet_embedding_from_the_torch_hub_cache(tmp_path, monkeypatch) -> None:
+    """``embedding: imagenet``: torchvision's ImageNet ResNet-18 file, read from a pre-seeded $TORCH_HOME (no
+    network) through timm's loader (grey: first convolution summed over RGB); its hash is the identity, and the
+    scorer starts from it."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url: str, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"tried to download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    ref = torchvision.models.resnet18()
+    state = ref.state_dict()
+    state["conv1.weight"] = torch.arange(state["conv1.weight"].numel()).reshape(64, 3, 7, 7) * 1e-3
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(state, cache / "resnet18-f37072fd.pth")
+    emb = build_embedding_model("imagenet", backbone="resnet18", in_channels=1)
+    assert emb.kind == "imagenet" and emb.backbone == "resnet18"
+    assert emb.sha256 == hashlib.sha256((cache / "resnet18-f37072fd.pth").read_bytes()).hexdigest()
+    torch.testing.assert_close(emb.net.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(emb.net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    assert PseudoLabelSpec(embedding="imagenet").embedding == "imagenet"
+    model = CRLUIQA(image_size=32, proj_dim=8, init_from_embedding=True, embedding="imagenet")
+    torch.testing.assert_close(model.scorer.backbone.conv1.weight, emb.net.conv1.weight)
+    with pytest.raises(ValueError, match="resnet10t has no pretrained source 'imagenet'"):
+        build_embedding_model("imagenet", backbone="resnet10t")
 
 
 def test_dataset_pseudo_labels_match_the_formulas_and_are_cached(tiny_dm: ImageDataModule, tmp_path) -> None:
