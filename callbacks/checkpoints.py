@@ -94,7 +94,9 @@ class LastCheckpoint(Checkpoint):
 
     def _saving(self, trainer: Trainer) -> bool:
         return (
-            trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run and not trainer.sanity_checking
+            trainer.state.fn == TrainerFn.FITTING
+            and not getattr(trainer, "fast_dev_run", False)
+            and not trainer.sanity_checking
         )
 
     def save(self, trainer: Trainer) -> str:
@@ -133,7 +135,9 @@ def _python_state() -> dict[str, Any]:
 
 
 def _numpy_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, cached)
+    kind, keys, pos, has_gauss, cached = state
     return {
         "kind": kind,
         "keys": torch.from_numpy(keys.astype(np.int64)),

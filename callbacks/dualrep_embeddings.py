@@ -62,7 +62,7 @@ def _save(path: Path, columns: dict[str, np.ndarray]) -> None:
     def write(tmp: Path) -> None:
         if path.suffix == ".npz":
             with tmp.open("wb") as handle:
-                np.savez(handle, **columns)
+                np.savez(handle, **columns)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
         else:
             torch.save(
                 {

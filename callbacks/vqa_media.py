@@ -14,7 +14,7 @@ only; the sanity check is skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from lightning_modules.common.contracts import ReconstructionModule, require
@@ -108,7 +109,8 @@ class ReconstructionStrips(Callback):
             return
         require(self, pl_module, ReconstructionModule)
         n = max(self.num_items, self.num_clips)
-        views = pl_module.reconstruction_views({k: v[:n] for k, v in batch.items()})
+        model = cast(ReconstructionModule, pl_module)
+        views = model.reconstruction_views({k: v[:n] for k, v in batch.items()})
         self._views = {k: v.float().cpu().numpy() for k, v in views.items()}
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -128,6 +130,6 @@ class ReconstructionStrips(Callback):
             videos = [
                 wandb.Video(str(p), caption=f"clip {i}: input | reconstruction") for i, p in enumerate(clips)
             ]
-            trainer.logger.experiment.log(
+            cast(WandbLogger, trainer.logger).experiment.log(
                 {"val/reconstruction_clips": videos, "trainer/global_step": trainer.global_step}
             )

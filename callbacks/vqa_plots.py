@@ -11,6 +11,7 @@ validation is skipped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
@@ -114,7 +115,7 @@ class _EvaluationFigure(Callback):
         if stage not in self.stages or not trainer.is_global_zero:
             return
         require(self, pl_module, EvaluationModule)
-        evaluation = pl_module.last_evaluation.get(stage)
+        evaluation = cast(EvaluationModule, pl_module).last_evaluation.get(stage)
         if not evaluation or evaluation.get("sanity"):
             return
         if stage == "val" and (evaluation["epoch"] + 1) % self.every_n_epochs:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
+from typing import cast
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -28,15 +29,12 @@ ImageSize = int | Sequence[int]
 
 def as_hw(image_size: ImageSize) -> tuple[int, int]:
     """Normalise `image_size` (an int for square frames, or [height, width]) to (height, width)."""
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
-    else:
-        size = tuple(int(s) for s in image_size)
+    size = [image_size, image_size] if isinstance(image_size, int) else [int(s) for s in image_size]
     if len(size) != 2 or min(size) < 8:
         raise ValueError(
             f"image_size must be an int or [height, width] of at least 8 pixels, got {image_size!r}"
         )
-    return size  # type: ignore[return-value]
+    return size[0], size[1]
 
 
 def default_cache_dir() -> Path:
@@ -200,12 +198,13 @@ class SonoDataModule(LightningDataModule):
             raise RuntimeError(f"no {split!r} data: call setup() first, or the dataset has no {split} split")
         dataset = self.datasets[split]
         batch_size = self.per_device_batch_size()
-        if len(dataset) == 0:
+        size = len(cast(Sized, dataset))  # every sonolab Dataset is map-style (has __len__)
+        if size == 0:
             raise DataError(
                 f"the {split} split of {self.root} is empty after filtering: check the split column of the "
                 "manifests and the DataModule's filters (train_filter / eval_filter)"
             )
-        if drop_last and len(dataset) < batch_size * self.world_size():
+        if drop_last and size < batch_size * self.world_size():
             drop_last = False
         return DataLoader(
             dataset,

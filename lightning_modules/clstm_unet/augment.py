@@ -510,7 +510,9 @@ class SequenceRandAugment:
             v, g = self(video[i], gaze[i] if gaze is not None else None, generator, partner=partner)
             outs_v.append(v)
             outs_g.append(g)
-        return torch.stack(outs_v), (torch.stack(outs_g) if gaze is not None else None)
+        if gaze is None:
+            return torch.stack(outs_v), None
+        return torch.stack(outs_v), torch.stack([g for g in outs_g if g is not None])
 
 
 def _check(video: Tensor, gaze: Tensor | None) -> None:

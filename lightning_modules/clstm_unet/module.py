@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
@@ -70,6 +71,8 @@ class CLSTMUNet(LightningModule):
         nss_kernel_size, nss_min_rel: no longer used (NSS reads the batch's real fixations); accepted so
             configs and checkpoints of earlier runs still load.
     """
+
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
 
     def __init__(
         self,
@@ -210,7 +213,9 @@ class CLSTMUNet(LightningModule):
         batch = dict(batch, video=video, gaze=gaze)
         # the moved frames' fixations are no longer where the map says (metrics are eval-only): drop them
         batch.pop("fixations", None)
-        if "gaze_valid" in batch:  # a map moved wholly out of view became uniform: nothing to learn
+        if (
+            "gaze_valid" in batch and gaze is not None
+        ):  # a map moved out of view became uniform: nothing to learn
             flat = gaze.flatten(-2)
             has_peak = (flat.amax(-1) > flat.amin(-1))[:, 0]  # B×T
             batch["gaze_valid"] = batch["gaze_valid"] & has_peak

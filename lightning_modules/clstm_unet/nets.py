@@ -77,7 +77,7 @@ class ConvLSTMCell(nn.Module):
         self.conv = nn.Conv2d(
             in_ch + hidden_ch, 4 * hidden_ch, kernel_size, padding=kernel_size // 2, bias=bias
         )
-        if bias:
+        if self.conv.bias is not None:
             with torch.no_grad():
                 self.conv.bias[hidden_ch : 2 * hidden_ch].fill_(1.0)
 

@@ -261,7 +261,7 @@ def _open_writer(path: Path, fps: float, size_wh: tuple[int, int]) -> tuple[cv2.
     """mp4v in .mp4, else MJPG in .avi (OpenCV builds differ in the encoders they carry)."""
     for fourcc, suffix in (("mp4v", ".mp4"), ("MJPG", ".avi")):
         target = path.with_suffix(suffix)
-        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*fourcc), fps, size_wh)
+        writer = cv2.VideoWriter(str(target), cv2.VideoWriter.fourcc(*fourcc), fps, size_wh)
         if writer.isOpened():
             return writer, target
         writer.release()

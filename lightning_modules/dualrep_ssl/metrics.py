@@ -38,6 +38,8 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
 class InBatchRecall(Metric):
     """Recall@k of same-index positives within each batch; ``compute`` returns ``{"R@k": mean}``."""
 
+    count: Tensor  # states (add_state): the type checker cannot see them
+
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
@@ -80,6 +82,9 @@ class InBatchRecall(Metric):
 
 class SplitRecall(Metric):
     """Recall@k of each query's positive among the keys of every pair seen this epoch."""
+
+    queries: list[Tensor]  # states (add_state), one tensor each after a DDP sync
+    keys: list[Tensor]
 
     full_state_update = False
     higher_is_better = True

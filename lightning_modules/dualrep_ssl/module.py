@@ -25,9 +25,10 @@ need not import this LightningModule).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
@@ -66,6 +67,8 @@ class DualRepSSL(LightningModule):
         augment: in training, give the clip and its frame independent random views
             (:class:`~.augment.ViewAugment`; not in the paper, see that module for why).
     """
+
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
 
     def __init__(
         self,
@@ -220,17 +223,23 @@ class DualRepSSL(LightningModule):
         trainer = self._trainer  # None outside a Trainer (``self.trainer`` would raise)
         if not self.hparams.gather_negatives or trainer is None or trainer.world_size == 1:
             return local
-        sizes = self.all_gather(torch.tensor(local, device=self.device))
+        sizes = cast(Tensor, self.all_gather(torch.tensor(local, device=self.device)))
         return int(sizes.sum())
+
+    def _batch_recall(self, name: str) -> InBatchRecall:
+        return cast(InBatchRecall, self.batch_recall[name])
+
+    def _split_recall(self, name: str) -> SplitRecall:
+        return cast(SplitRecall, self.split_recall[name])
 
     def update_recall(self, stage: str, out: dict[str, Tensor], gathered: dict[str, Any]) -> None:
         space = self.retrieval_space()
         query = out[f"{space}_v"]
         for pair in self.pairs:
             key = f"{space}_{pair[1]}"
-            self.batch_recall[f"{stage}_{pair}"].update(query, gathered[key], gathered["offset"])
+            self._batch_recall(f"{stage}_{pair}").update(query, gathered[key], gathered["offset"])
             if stage != "train":
-                self.split_recall[f"{stage}_{pair}"].update(query, out[key])
+                self._split_recall(f"{stage}_{pair}").update(query, out[key])
 
     # ------------------------------------------------------------------ steps
     def shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
@@ -251,7 +260,7 @@ class DualRepSSL(LightningModule):
             # a last evaluation batch of one clip has no negatives: only the split-level recall uses it
             space = self.retrieval_space()
             for pair in self.pairs:
-                self.split_recall[f"{stage}_{pair}"].update(out[f"{space}_v"], out[f"{space}_{pair[1]}"])
+                self._split_recall(f"{stage}_{pair}").update(out[f"{space}_v"], out[f"{space}_{pair[1]}"])
             return None
         total, parts, gathered = self.compute_losses(out)
         on_step = stage == "train"
@@ -274,8 +283,8 @@ class DualRepSSL(LightningModule):
         self.update_recall(stage, out, gathered)
         if stage == "train":
             for pair in self.pairs:
-                values = self.batch_recall[f"train_{pair}"].compute()
-                self.batch_recall[f"train_{pair}"].reset()
+                values = self._batch_recall(f"train_{pair}").compute()
+                self._batch_recall(f"train_{pair}").reset()
                 self.log_dict(
                     {f"train/batch_{pair}_{name}": v for name, v in values.items()},
                     on_step=True,
@@ -285,7 +294,7 @@ class DualRepSSL(LightningModule):
                 )
         return total
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self.shared_step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -297,12 +306,12 @@ class DualRepSSL(LightningModule):
     def log_recall_epoch(self, stage: str) -> None:
         logs: dict[str, Tensor] = {}
         for pair in self.pairs:
-            for name, value in self.batch_recall[f"{stage}_{pair}"].compute().items():
+            for name, value in self._batch_recall(f"{stage}_{pair}").compute().items():
                 logs[f"{stage}/batch_{pair}_{name}"] = value
-            for name, value in self.split_recall[f"{stage}_{pair}"].compute().items():
+            for name, value in self._split_recall(f"{stage}_{pair}").compute().items():
                 logs[f"{stage}/{pair}_{name}"] = value
-            self.batch_recall[f"{stage}_{pair}"].reset()
-            self.split_recall[f"{stage}_{pair}"].reset()
+            self._batch_recall(f"{stage}_{pair}").reset()
+            self._split_recall(f"{stage}_{pair}").reset()
         # already reduced over ranks by torchmetrics
         self.log_dict({k: v.to(self.device) for k, v in logs.items()}, sync_dist=False)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -128,6 +129,11 @@ class QualityAnomalyModule(LightningModule):
     """
 
     score_names: tuple[str, ...] = ()
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
+    # buffers (register_buffer), which the type checker cannot see
+    threshold: Tensor
+    zoom_ready: Tensor
+    primary_score_index: Tensor
 
     def __init__(
         self,

@@ -28,9 +28,9 @@ import argparse
 import importlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -228,14 +228,15 @@ def score_scans(
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=precision,
+        precision=cast(Any, precision),  # a string Lightning validates (e.g. 32-true, bf16-mixed)
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=True,
         enable_model_summary=False,
     )
-    batches = trainer.predict(model, datamodule=datamodule)
+    batches = cast(list[Mapping[str, Any]], trainer.predict(model, datamodule=datamodule) or [])
     manifests = datamodule.load_manifests()
+    assert datamodule.items is not None  # set by setup("predict"), which trainer.predict ran
     items = {item.item_id: item for item in datamodule.items["predict"]}
     span = (hp.num_frames - 1) * interval + 1
     rows: list[dict[str, Any]] = []
