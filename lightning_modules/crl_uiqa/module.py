@@ -43,9 +43,9 @@ class CRLUIQA(PairwiseQualityModule):
             ``pretrained_path`` may be a PlaneClassifierModule checkpoint (the paper starts from the detector
             trained on the anatomy).
         init_from_embedding: start the scorer's backbone from the pseudo-label embedding network (its seeded
-            random weights, the plane-classifier checkpoint's backbone, or a DualRepSSL checkpoint's image
-            encoder, which then becomes the scorer's backbone): the paper adds the scoring branch to the
-            pre-trained backbone. Needs the embedding's backbone to be ``backbone`` and no ``pretrained_path``.
+            random or ImageNet weights, the plane-classifier checkpoint's backbone, or a DualRepSSL
+            checkpoint's image encoder, which then becomes the scorer's backbone): the paper adds the scoring
+            branch to the pre-trained backbone. Needs the embedding's backbone to be ``backbone`` and no ``pretrained_path``.
         embedding, embedding_backbone, embedding_seed, embedding_zero_init_last: that network
             (:func:`~.embedding.build_embedding_model`); used only with ``init_from_embedding``. The configs
             take them from ``data.init_args.pseudo_labels`` (``${...}``), so the scorer starts from the very
@@ -61,7 +61,7 @@ class CRLUIQA(PairwiseQualityModule):
         lr, momentum, nesterov, weight_decay: SGD (paper: lr 1e-3; the rest are YOLOv5's defaults, which the
             paper keeps).
         final_lr_ratio: the learning rate decays linearly over ``max_epochs`` to ``lr · final_lr_ratio``
-            (YOLOv5's default schedule); 1 keeps it constant.
+            (YOLOv5's default schedule, as torch's ``LinearLR``); 1 keeps it constant.
         planes, blur_levels: evaluation, see :class:`PairwiseQualityModule`.
     """
 
