@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 SWEEP ?=
 SWEEP_ARGS ?=
-.PHONY: help install demo test test-slow test-all lint format data bench sweep clean clean-venv
+.PHONY: help install demo test test-slow test-all lint format data bench bench-gpu sweep clean clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,8 +50,11 @@ data: install ## generate the synthetic dataset (PRESET=demo|tiny, DATA=folder, 
 	$(BIN)/python -m datamodules.synthetic --out $(DATA) --preset $(PRESET) --seed $(SEED)
 	$(BIN)/python -m datamodules.validate $(DATA) --require scans,clips,images,pairs,boxes
 
-bench: install ## data-loading throughput; BENCH_ARGS=--models adds every model's train steps (writes benchmarks/results/)
+bench: install ## step time Lightning vs plain loop, fp32 vs bf16, peak memory, loader rates (BENCH_ARGS=--quick: smoke run)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-gpu: install ## every GPU check (< 8 min): fp32/bf16/fp16, compile, cudnn.benchmark, memory, TFLOP/s -> benchmarks/results/gpu.json
+	$(BIN)/python -m benchmarks.gpu $(BENCH_ARGS)
 
 sweep: install ## run a study: SWEEP=configs/sweeps/<study>.yaml [SWEEP_ARGS='--local --count 8 -- --config ...']
 	@test -n "$(SWEEP)" || { echo "give SWEEP=configs/sweeps/<study>.yaml (ls configs/sweeps)"; exit 2; }

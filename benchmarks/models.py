@@ -1,8 +1,8 @@
-"""Steady-state training throughput of every model through Lightning (`make bench BENCH_ARGS=--models`).
+"""Every model as its demo config builds it, as a ``benchmarks.steps.Case`` (model + fixed batches).
 
-Each model is built from its demo config exactly as `lightning fit` builds it and trained for a few batches
-(no validation, logger or checkpoints); the rate skips the first batch (warm-up) and the Trainer's setup.
-The data caches are built first (outside the timing), so the figure is the model's, not the decoder's.
+Each model is built from its demo config exactly as ``lightning fit`` builds it (``SonolabCLI``, no
+trainer run); its first training batches are drawn from its own DataModule once, so the step benchmark
+times the model, not the loader (whose rate is measured on its own).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, Trainer
+import torch
 
+from benchmarks.steps import Case, to_device, vqa_case
 from lightning_modules.cli import SonolabCLI, configure_interpolation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -23,14 +24,6 @@ MODELS: dict[str, list[str]] = {
     "DualRepSSL": ["dualrep.yaml", "dualrep/demo.yaml"],
     "CLSTMUNet": ["clstm_unet.yaml", "clstm_unet/demo.yaml"],
 }
-
-
-def extra_args(name: str) -> tuple[list[str], str | None]:
-    """Per-model overrides: the GAN is timed without its zoom-in (frozen, one frame per clip: a small share
-    of the step), so the benchmark needs no pretraining first; the result says so."""
-    if name == "VideoQualityGAN":
-        return ["--model.init_args.use_zoom=false"], "timed without the zoom-in (frozen; one frame per clip)"
-    return [], None
 
 
 def build(configs: list[str], extra: list[str] | None = None) -> SonolabCLI:
@@ -55,59 +48,39 @@ def build(configs: list[str], extra: list[str] | None = None) -> SonolabCLI:
     return cli
 
 
-class BatchClock(Callback):
-    """Wall time at the end of every training batch: the rate skips the first (warm-up) batch and excludes
-    the Trainer's setup, so it is the steady-state training throughput."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, *args: Any) -> None:
-        self.times.append(time.perf_counter())
-
-    def batches_per_s(self) -> float:
-        if len(self.times) < 2:
-            raise RuntimeError(f"need at least 2 timed batches, got {len(self.times)}")
-        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+def loader_rate(datamodule: Any, n: int) -> tuple[list[Any], float]:
+    """The first ``n`` training batches and the loader's rate in batches/s over them (the first batch,
+    which starts the iterator, included)."""
+    batches = []
+    start = time.perf_counter()
+    for batch in datamodule.train_dataloader():
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    return batches, len(batches) / (time.perf_counter() - start)
 
 
-def lightning_batches_per_s(cli: SonolabCLI, batches: int, precision: str) -> float:
-    """Training batches per second through ``Trainer.fit`` (one batch = one G and one D step for the GAN)."""
-    clock = BatchClock()
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=batches,  # one epoch of at most this many batches
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        precision=precision,
-        accelerator="auto",
-        devices=1,
-        num_sanity_val_steps=0,
-        callbacks=[clock],
-    )
-    trainer.fit(cli.model, datamodule=cli.datamodule)
-    return clock.batches_per_s()
+def config_case(
+    name: str, extra: list[str] | None = None, n_batches: int = 4, device: torch.device | str = "cpu"
+) -> Case:
+    """``name`` (a key of MODELS) built from its demo config (+ ``extra`` CLI arguments), with its first
+    ``n_batches`` training batches on ``device``. VideoQualityGAN without its zoom-in (frozen, one frame
+    per clip: a small share of the step), so no zoom pretraining is needed first."""
+    extra = list(extra or [])
+    note = None
+    if name == "VideoQualityGAN":
+        extra = ["--model.init_args.use_zoom=false", "--model.init_args.zoom_checkpoint=null", *extra]
+        note = "without the zoom-in (frozen; one frame per clip)"
+    cli = build(MODELS[name], extra)
+    batches, rate = loader_rate(cli.datamodule, n_batches)
+    device = torch.device(device)
+    meta = {"batch": cli.datamodule.per_device_batch_size(), "loader_batches_per_s": rate}
+    return Case(name, cli.model.to(device), to_device(batches, device), device, cli.datamodule, note, meta)
 
 
-def bench_models(batches: int = 11, precision: str = "bf16-mixed") -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for name, configs in MODELS.items():
-        if not all((CONFIGS / c).exists() for c in configs):
-            results[name] = {"skipped": f"missing config among {configs}"}
-            continue
-        extra, note = extra_args(name)
-        cli = build(configs, extra)
-        batch_size = cli.datamodule.per_device_batch_size()
-        rate = lightning_batches_per_s(cli, batches, precision)
-        results[name] = {
-            "note": note,
-            "precision": precision,
-            "batch_size": batch_size,
-            "train_batches_per_s": rate,
-            "train_samples_per_s": rate * batch_size,
-        }
-        print(name, results[name], flush=True)
-    return results
+def case(name: str, size: str = "demo", device: torch.device | str = "cpu", **kwargs: Any) -> Case:
+    """A model's case: VideoQualityGAN at a named size on random clips (``benchmarks.steps.VQA_SIZES``)
+    when ``size`` is not ``demo-config``; every model from its demo config otherwise."""
+    if name == "VideoQualityGAN" and size != "demo-config":
+        return vqa_case(size, device=device)
+    return config_case(name, device=device, **kwargs)
