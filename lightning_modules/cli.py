@@ -13,6 +13,8 @@ mode, so ``${...}`` interpolation works across stacked configs and overrides. On
   atomically; checkpoints carry the RNG states (``callbacks.checkpoints``).
 * **Seeds.** ``seed_everything: true`` draws a real random seed, written into the saved config.
 * **NaN stops loudly** (``callbacks.guards.NonFiniteGuard``, configurable as ``nonfinite``).
+* ``pretrained: auto`` (the DualRepSSL fine-tuning) pretrains ``model.init_args.pretraining`` on the run's
+  data first when it was not pretrained yet (``lightning_modules.common.pretraining``).
 * ``zoom_checkpoint: auto`` (VideoQualityGAN and its baselines) pretrains the zoom-in first when no
   pretrained zoom-in for this data exists yet (``lightning_modules.vqa_gan.auto_zoom``).
 * **W&B** gets the resolved config as nested keys (``model.init_args.lr``, ...: the keys a sweep samples),
@@ -46,6 +48,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.checkpoints import AtomicCheckpointIO, LastCheckpoint, RandomState
 from callbacks.guards import NonFiniteGuard, NonFiniteLossError
+from lightning_modules.common.pretraining import resolve_auto_pretrained
 from lightning_modules.common.runs import (
     CONFIG_NAME,
     LAST_NAME,
@@ -70,6 +73,8 @@ _WEIGHT_SOURCES = (
     "zoom_checkpoint",
     "zoom_pretraining",
     "pretrained",
+    "pretraining",
+    "pretraining_overlays",
     "pretrained_path",
     "weights_file",
     "weights_path",
@@ -372,6 +377,7 @@ class SonolabCLI(LightningCLI):
                 cfg.seed_everything = int(os.environ["PL_GLOBAL_SEED"])
             else:
                 cfg.seed_everything = secrets.randbelow(2**31 - 1)
+        resolve_auto_pretrained(cfg, self.identity.root, subcommand)
 
     def _resolve_run_references(self, cfg: Any) -> None:
         """``model.init_args.X: last:<project>`` = the ``last.ckpt`` of the newest run of that project under

@@ -6,7 +6,9 @@ Reads every run of a sweep under the run root: ``<root>/<project>/<sweep>-NNN-xx
 ``seed_everything`` left out so that repeated seeds of one setting become one row: each cell is the mean
 over its runs, ``mean ± std`` when there are several. The sweep file's ``sonolab.table`` names the rows
 (``rows: {parameter: {value: label}}``) and the columns (``columns: [[header, metric], ...]``, default:
-every ``test/`` metric).
+every ``test/`` metric). ``reference: {label: ..., prefix: ...}`` closes the table with a reference row
+that every run also measured, e.g. the centre-bias map of the saliency papers: each column's metric with
+``test/`` replaced by ``prefix`` (``test/centre_bias/``), pooled over all runs.
 
 Usage::
 
@@ -97,6 +99,18 @@ def make_table(
             cells.append(text)
             row[f"{head} mean"], row[f"{head} std"] = mean, std
         lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
+        rows.append(row)
+    reference = table.get("reference")
+    if reference:
+        prefix = reference["prefix"]
+        cells, row = [], {"method": reference["label"], "n": len(runs)}
+        for head, key in columns:
+            text, mean, std = _cell(
+                [r["metrics"].get(prefix + key.removeprefix("test/"), math.nan) for r in runs]
+            )
+            cells.append(text)
+            row[f"{head} mean"], row[f"{head} std"] = mean, std
+        lines.append(f"| {reference['label']} | {len(runs)} | " + " | ".join(cells) + " |")
         rows.append(row)
     return "\n".join(lines), rows
 

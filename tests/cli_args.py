@@ -23,3 +23,27 @@ def last_checkpoint(trainer) -> str:
     return next(
         (c.last_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), ""
     )
+
+
+def run_study(
+    sweep_file: Path, only: dict[str, list], extra: list[str], root: Path
+) -> dict[str, dict[str, float]]:
+    """A paper study as a user runs it: the sweep file (its parameters cut down to ``only``), run locally
+    (``python -m lightning_modules.sweep <file> --local -- <extra>``), then read back as ``collate`` does.
+    Returns ``{row label: test metrics}`` (the labels of the file's ``sonolab.table.rows``)."""
+    import yaml
+
+    from lightning_modules.collate import _label, collect_runs
+    from lightning_modules.sweep import main as sweep_main
+
+    spec = yaml.safe_load(Path(sweep_file).read_text())
+    for key, values in only.items():
+        assert key in spec["parameters"], f"{sweep_file} has no parameter {key}"
+        spec["parameters"][key] = {"values": list(values)}
+    reduced = root / Path(sweep_file).name
+    reduced.parent.mkdir(parents=True, exist_ok=True)
+    reduced.write_text(yaml.safe_dump(spec, sort_keys=False))
+    results = sweep_main([str(reduced), "--local", "--", *extra, f"--trainer.default_root_dir={root}"])
+    assert all(r["status"] == "finished" for r in results), results
+    names = {k: dict(v) for k, v in ((spec.get("sonolab") or {}).get("table", {}).get("rows") or {}).items()}
+    return {_label(r["params"], names): r["metrics"] for r in collect_runs(root, spec["name"])}

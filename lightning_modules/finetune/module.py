@@ -57,6 +57,11 @@ class _EncoderFinetune(LightningModule):
     ) -> None:
         if in_channels not in (1, 3):
             raise ValueError(f"model.init_args.in_channels must be 1 or 3, got {in_channels}")
+        if pretrained == "auto":
+            raise ValueError(
+                "pretrained: auto is resolved by the lightning CLI (it pretrains model.init_args.pretraining "
+                "first); outside the CLI give a DualRepSSL checkpoint path"
+            )
         self.initialisation = initialisation(pretrained, weights_file)
         self.encoder = build_encoder(input, pretrained, weights_file, weights_prefix)
         self.freeze_encoder = freeze_encoder
@@ -102,8 +107,12 @@ class PlaneDetection(_EncoderFinetune):
         image_size, in_channels: linked from the DataModule.
         input: "image" (a frame: the data's ``image`` modality) or "video" (the clip).
         classes: label vocabulary; None = the DataModule's ``classes`` (they must agree when both are set).
-        pretrained: DualRepSSL checkpoint to take the encoder from; weights_file (+ weights_prefix): a
-            supervised torchvision-layout weights file instead; neither: random init.
+        pretrained: DualRepSSL checkpoint to take the encoder from; ``last:<project>`` = the newest run of
+            that project; ``auto`` = the CLI pretrains ``pretraining`` on this run's data first (once: later
+            runs reuse it, see ``lightning_modules.common.pretraining``). weights_file (+ weights_prefix): a
+            supervised torchvision-layout weights file instead; none of them: random init.
+        pretraining: the DualRepSSL configs ``pretrained: auto`` trains (e.g. ``[configs/dualrep.yaml,
+            configs/dualrep/mmcl_only.yaml]``), then ``pretraining_overlays`` (the demo sizes) on top.
         freeze_encoder: train the head only (linear probe).
         dropout: dropout before the linear head.
         lr, weight_decay: Adam (the paper gives no fine-tuning settings).
@@ -117,6 +126,8 @@ class PlaneDetection(_EncoderFinetune):
         input: str = "image",
         classes: list[str] | None = None,
         pretrained: str | None = None,
+        pretraining: list[str] | None = None,
+        pretraining_overlays: list[str] | None = None,
         weights_file: str | None = None,
         weights_prefix: str | None = None,
         freeze_encoder: bool = False,
@@ -273,7 +284,8 @@ class SaliencyFinetune(_EncoderFinetune):
         image_size, in_channels: linked from the DataModule.
         input: "image" (the target frame alone) or "video" (the whole sequence; the decoder averages the
             encoder's maps over time).
-        pretrained, weights_file, weights_prefix, freeze_encoder: as in :class:`PlaneDetection`.
+        pretrained, pretraining, pretraining_overlays, weights_file, weights_prefix, freeze_encoder: as in
+            :class:`PlaneDetection`.
         decoder_channels: widths of the four decoder stages, deepest first.
         lr, weight_decay: Adam.
     """
@@ -284,6 +296,8 @@ class SaliencyFinetune(_EncoderFinetune):
         in_channels: int = 1,
         input: str = "image",
         pretrained: str | None = None,
+        pretraining: list[str] | None = None,
+        pretraining_overlays: list[str] | None = None,
         weights_file: str | None = None,
         weights_prefix: str | None = None,
         freeze_encoder: bool = False,

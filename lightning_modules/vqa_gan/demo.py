@@ -2,10 +2,10 @@
 
 Runs, in this process, exactly these CLI commands (printed as they start):
 
-1. ``lightning fit --config configs/vqa.yaml --config configs/vqa/demo.yaml``: train the full model. Its
-   ``zoom_checkpoint: auto`` first pretrains the zoom-in on ``boxes.csv`` (``configs/zoom.yaml`` +
-   ``configs/zoom/demo.yaml``) unless an earlier demo already did, and reuses it;
-2. ``test`` of the best checkpoint (threshold chosen on validation),
+``lightning fit --config configs/vqa.yaml --config configs/vqa/demo.yaml --test_after_fit=true``: train the
+full model, then test its best checkpoint (threshold chosen on validation). Its ``zoom_checkpoint: auto``
+first pretrains the zoom-in on ``boxes.csv`` (``configs/zoom.yaml`` + ``configs/zoom/demo.yaml``) unless an
+earlier demo already did, and reuses it;
 
 then prints the metrics table, the mean score per clip label (the paper's Fig. 3), and where the
 checkpoints, figures and the offline W&B run are. The demo dataset is generated on first use by the
@@ -15,6 +15,7 @@ DataModules (``data/synthetic-demo``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -24,8 +25,6 @@ from typing import Any
 import numpy as np
 
 from callbacks.vqa_plots import group_names
-from lightning_modules.common.checkpoints import safe_loading
-from lightning_modules.common.experiments import best_checkpoint
 from lightning_modules.common.runs import run_directory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -85,15 +84,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     start = time.time()
     vqa = ["--config", str(CONFIGS / "vqa.yaml"), "--config", str(CONFIGS / "vqa" / "demo.yaml"), *extra]
-    cli = _run(["fit", *vqa])
-    fit_s = time.time() - start
-    trainer = cli.trainer
-    ckpt = best_checkpoint(trainer)
-    print(f"\n$ (test) lightning test --ckpt_path {ckpt}", flush=True)
-    with safe_loading():
-        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
-    metrics = {k: float(v) for k, v in results[0].items()}
-    run_dir = run_directory(trainer)
+    cli = _run(["fit", *vqa, "--test_after_fit=true"])
+    run_dir = run_directory(cli.trainer)
+    tested = json.loads((run_dir / "test_metrics.json").read_text())  # written by --test_after_fit
+    metrics, ckpt = tested["metrics"], tested["checkpoint"]
     wandb_dir = Path(wandb.run.dir).parent if wandb.run is not None else None
     wandb.finish()
     manifests = cli.datamodule.load_manifests()
@@ -114,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"zoom-in:          {cli.model.zoom_checkpoint}")
     if wandb_dir is not None:
         print(f"W&B run (offline unless a key is set): {wandb_dir}  (upload: wandb sync {wandb_dir})")
-    print(f"\ntime: fit (with the zoom-in pretraining on first use) {fit_s:.0f} s, total {total:.0f} s")
+    print(f"\ntime: fit + test (with the zoom-in pretraining on first use) {total:.0f} s")
     print(
         f"next: predict  lightning predict --ckpt_path {ckpt}"
         + f"\n      scan     python -m lightning_modules.vqa_gan.scan --checkpoint {ckpt} "

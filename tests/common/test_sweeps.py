@@ -173,6 +173,26 @@ def test_collate_pools_seeds_into_mean_and_std():
     assert rows[0]["AUC mean"] == pytest.approx(0.9) and rows[0]["AUC std"] == pytest.approx(0.1)
 
 
+def test_collate_closes_with_the_reference_row_every_run_measured():
+    """The saliency tables end with the centre-bias map: one row pooled over every run's own measurement."""
+    runs = [
+        {"params": {"config": c}, "metrics": {"test/kld": k, "test/centre_bias/kld": b}}
+        for c, k, b in [("a.yaml", 1.0, 2.0), ("b.yaml", 0.5, 2.0)]
+    ]
+    table = {
+        "rows": {"config": {"a.yaml": "A", "b.yaml": "B"}},
+        "columns": [["KLD", "test/kld"]],
+        "reference": {"label": "centre bias", "prefix": "test/centre_bias/"},
+    }
+    markdown, rows = make_table(runs, table)
+    assert markdown.splitlines()[2:] == [
+        "| A | 1 | 1.000 |",
+        "| B | 1 | 0.500 |",
+        "| centre bias | 2 | 2.000 ± 0.000 |",
+    ]
+    assert rows[-1] == {"method": "centre bias", "n": 2, "KLD mean": 2.0, "KLD std": 0.0}
+
+
 def test_sweep_file_errors_name_what_is_missing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: sideways\ncommand: [lightning, fit]\n")

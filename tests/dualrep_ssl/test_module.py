@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,43 +284,6 @@ def test_cosine_retrieval_matches_a_hand_ranking():
     out = metric.compute()
     assert out["R@1"].item() == pytest.approx((rank < 1).float().mean().item())
     assert out["R@3"].item() == pytest.approx((rank < 3).float().mean().item())
-
-
-# ------------------------------------------------------------------ tables runner
-
-
-def test_table_rows_become_config_stacks(tmp_path):
-    from types import SimpleNamespace
-
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from callbacks.checkpoints import LastCheckpoint
-    from lightning_modules.dualrep_ssl.tables import ROWS, demo_rows, finetune_row, latest_checkpoint
-
-    plane = [r for r in ROWS if r.table == "plane"]
-    demo = demo_rows(plane)  # Large and Medium collapse to one "Ours" on the demo
-    assert [r.name for r in demo] == ["ImageNet Init.", "Rand. Init.", "Ours"]
-    ours = finetune_row(
-        demo[2], demo=True, checkpoint=tmp_path / "medium.ckpt", weights_file=None, args=["--x=1"]
-    )
-    assert [Path(c).name for c in ours.configs] == ["finetune_plane.yaml", "demo.yaml"]
-    assert ours.args == ["--x=1", f"--model.init_args.pretrained={tmp_path / 'medium.ckpt'}"]
-    imagenet = finetune_row(demo[0], demo=False, checkpoint=None, weights_file="w.pth", args=[])
-    assert [Path(c).name for c in imagenet.configs] == ["finetune_plane.yaml", "weights_file.yaml"]
-    assert imagenet.args == ["--model.init_args.weights_file=w.pth"]
-    no_image = next(r for r in ROWS if r.name == "W/o image")
-    assert finetune_row(no_image, False, tmp_path, None, []).configs[-1].endswith("finetune_plane/video.yaml")
-
-    # the pretraining checkpoint is the run's last.ckpt (the last completed epoch), not a best one
-    latest, best = tmp_path / "last.ckpt", tmp_path / "best.ckpt"
-    latest.write_bytes(b"x")
-    best.write_bytes(b"x")
-    monitored = ModelCheckpoint(monitor="val/loss")
-    monitored.best_model_path = str(best)
-    last = LastCheckpoint(dirpath=str(tmp_path))
-    last.last_model_path = str(latest)
-    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=[monitored, last])) == str(latest)
-    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=[monitored])) is None
 
 
 def test_views_are_drawn_in_training_only(model):

@@ -157,14 +157,12 @@ def test_cli_ckpt_path(
     assert not marker.exists()
 
 
-def test_trainer_ckpt_path_in_experiments_and_demo(hostile, monkeypatch) -> None:
-    """``common.experiments.run_row`` (the tables runners) and ``vqa_gan.demo`` test the best checkpoint of
-    the run they trained with ``trainer.test(ckpt_path=..., weights_only=True)``: a hostile file there is
-    refused too (shown through run_row, whose fit and checkpoint lookup are replaced)."""
+def test_test_after_fit_reads_the_best_checkpoint_weights_only(hostile, monkeypatch) -> None:
+    """``--test_after_fit`` (which the studies and ``make demo`` use) tests the best checkpoint of the run it
+    trained through the CLI's ``_call``, which adds ``weights_only=True``: a hostile file there is refused."""
     import lightning.pytorch as pl
 
-    import lightning_modules.cli as cli_module
-    from lightning_modules.common import experiments
+    from lightning_modules.cli import SonolabCLI
 
     ckpt, marker = hostile
 
@@ -182,13 +180,10 @@ def test_trainer_ckpt_path_in_experiments_and_demo(hostile, monkeypatch) -> None
     trainer = pl.Trainer(
         logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
     )
-    monkeypatch.setattr(
-        cli_module, "main", lambda args: SimpleNamespace(trainer=trainer, model=Tiny(), datamodule=None)
-    )
-    monkeypatch.setattr(experiments, "best_checkpoint", lambda trainer: str(ckpt))
+    cli = SimpleNamespace(identity=SimpleNamespace(run_id="r"), _forget_failed_start=lambda: None)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # explicit weights_only=True still wins
     with pytest.raises(Exception, match=r"(?i)weights_only|unpickl"):
-        experiments.run_row(experiments.Row("r", []), [])
+        SonolabCLI._call(cli, trainer.test, {"model": Tiny(), "ckpt_path": str(ckpt)})
     assert not marker.exists()
 
 

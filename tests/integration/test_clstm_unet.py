@@ -1,5 +1,5 @@
 """CLSTMUNet through the `lightning` CLI: fit/validate/test/predict, every overlay, DDP, bf16, streaming from a
-trained checkpoint, the tables runner; and (slow) learnability on the demo dataset."""
+trained checkpoint; and (slow) learnability on the demo dataset through its study."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from cli_args import last_checkpoint, tiny_data
+from cli_args import last_checkpoint, run_study, tiny_data
 
 OVERLAYS = [
     "spatial_only",
@@ -170,87 +170,27 @@ def test_stream_a_video_with_a_trained_checkpoint(run_cli, tiny_dataset, configs
     assert saved["image_size"] == [32, 32]
 
 
-def test_tables_runner(tiny_dataset, tmp_path, monkeypatch):
-    from lightning_modules.clstm_unet.tables import main as tables_main
-
-    monkeypatch.chdir(tmp_path)
-    text = tables_main(
-        [
-            "--rows",
-            "U-Net RA(7,9)",
-            "seq4",
-            "--out",
-            str(tmp_path / "t"),
-            "--",
-            *_tiny(tiny_dataset),
-            "--trainer.fast_dev_run=1",
-        ]
-    )
-    lines = text.splitlines()
-    assert lines[0] == "**Table 1**"
-    assert lines[2].startswith("| method | KLD ↓ | SIM ↑ | NSS ↑ | CC ↑ |")
-    assert [line.split("|")[1].strip() for line in lines[4:]] == ["U-Net RA(7,9)", "seq4", "centre bias"]
-    results = json.loads((tmp_path / "t" / "results.json").read_text())
-    assert set(results) == {"U-Net RA(7,9)", "seq4"}
-    assert (tmp_path / "t" / "table.md").read_text().strip() == text
-
-
-def test_tables_layout_and_the_shared_before_run(monkeypatch, capsys):
-    """Table 2's "before" reuses seq6's run (same settings); each table ends with the centre-bias row."""
-    import lightning_modules.clstm_unet.tables as tables
-
-    configs_dir = Path(tables.BASE).parent
-    before = (configs_dir / "clstm_unet" / "before.yaml").read_text().split("\n", 1)[1]
-    seq6 = (configs_dir / "clstm_unet" / "seq6.yaml").read_text().split("\n", 1)[1]
-    assert before == seq6  # identical settings below the comment line
-
-    fitted = []
-
-    def fake_run_row(row, common_args, fit=True):
-        fitted.append(row.name)
-        k = float(len(fitted))
-        return {
-            "test/kld": k,
-            "test/sim": 0.1 * k,
-            "test/nss": 2 * k,
-            "test/cc": 0.01 * k,
-            "test/centre_bias/kld": 9.0,
-            "test/centre_bias/sim": 0.5,
-            "test/centre_bias/nss": 0.25,
-            "test/centre_bias/cc": 0.125,
-        }
-
-    monkeypatch.setattr(tables, "run_row", fake_run_row)
-    rows = tables.rows_for("all", preset="demo")
-    assert all(r.configs[:2] == [tables.BASE, str(configs_dir / "clstm_unet" / "demo.yaml")] for r in rows)
-    results = tables.run_rows(rows, [], None)
-    assert "before" not in fitted and len(fitted) == len(rows) - 1
-    assert results["before"] == results["seq6"]
-    text = tables.build_tables(results, rows)
-    assert text.count("| centre bias | 9.000 | 0.500 | 0.250 | 0.125 |") == 2
-    assert "| seq6 | 6.000 | 0.600 | 12.000 | 0.060 |" in text and "| before | 6.000 |" in text
-
-
 # ---------------------------------------------------------------------------------------------------------
 # learnability (slow): the demo dataset at 64×64
 # ---------------------------------------------------------------------------------------------------------
 
-DEMO = Path(__file__).resolve().parents[2] / "data" / "synthetic-demo"
-
 
 @pytest.mark.slow
 def test_learnability_on_the_demo_dataset(tmp_path, monkeypatch):
-    """Spatial-only U-Net and cLSTMU-Net (6 frames before) with the demo overlay's schedule (same for both):
-    both beat the centre-bias Gaussian on KLD, SIM, NSS and CC on the test split, and the ConvLSTM model is
-    not worse than the spatial-only one (within 2 % of the spatial-only figure, the run-to-run noise of
-    these short runs). Prints the table (about 20 min on a shared 2-core CPU)."""
-    from lightning_modules.clstm_unet.tables import build_tables, rows_for, run_rows
-    from lightning_modules.common.experiments import select_rows
-
-    monkeypatch.chdir(tmp_path)
-    rows = select_rows(rows_for("1", preset="demo"), ["U-Net RA(7,9)", "seq6"])
-    results = run_rows(rows, [f"--data.init_args.root={DEMO}"], tmp_path / "tables")
-    print("\n" + build_tables(results, rows))
+    """Spatial-only U-Net and cLSTMU-Net (6 frames before) with the demo overlay's schedule (same for both),
+    through the sequence-length study a user runs (the sweep cut to two rows, locally): both beat the
+    centre-bias Gaussian on KLD, SIM, NSS and CC on the test split, and the ConvLSTM model is not worse than
+    the spatial-only one (within 2 % of the spatial-only figure, the run-to-run noise of these short runs)."""
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the sweep file's config paths are relative to the checkout
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = run_study(
+        repo / "configs" / "sweeps" / "clstm_sequence.yaml",
+        {"config": ["configs/clstm_unet/spatial_only.yaml", "configs/clstm_unet/seq6.yaml"]},
+        ["--config", "configs/clstm_unet/demo.yaml", "--trainer.precision=32-true"],
+        tmp_path / "runs",
+    )
+    print(results)
     spatial, temporal = results["U-Net RA(7,9)"], results["seq6"]
     for run in (spatial, temporal):
         assert run["test/kld"] < run["test/centre_bias/kld"]

@@ -5,13 +5,15 @@ learnability on the demo dataset."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli_args import last_checkpoint, tiny_data
+import yaml
+from cli_args import last_checkpoint, run_study, tiny_data
 
 
 def _tiny_pretrain(root: Path) -> list[str]:
@@ -237,6 +239,78 @@ def test_fit_every_finetune_overlay(run_cli, tiny_dataset, configs_dir, tmp_path
     )
 
 
+def test_pretrained_auto_pretrains_once_and_rows_share_it(
+    run_cli, tiny_dataset, configs_dir, tmp_path, capsys
+):
+    """A study row (`configs/finetune_plane/mmcl.yaml`: `pretrained: auto`) pretrains its DualRepSSL variant
+    on the run's data first; the next run with the same pretraining reuses it; the encoder holds its weights;
+    the marker records the pretraining's checkpoint and final metrics."""
+    tiny = tmp_path / "pretrain_tiny.yaml"
+    tiny.write_text(
+        "trainer: {max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1}\n"
+        "data: {init_args: {image_size: 32, batch_size: 4, num_workers: 0, num_frames: 4, frame_interval: 4,"
+        " audio_seconds: 1.0, window_stride: 120}}\n"
+    )
+    plane = [
+        "fit",
+        "--config",
+        configs_dir / "finetune_plane.yaml",
+        "--config",
+        configs_dir / "finetune_plane" / "mmcl.yaml",
+        *_tiny_clips(tiny_dataset),
+        f"--model.init_args.pretraining_overlays=[{tiny}]",
+        "--trainer.precision=32-true",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=1",
+    ]
+    first = run_cli(plane)
+    assert "pretrained is auto" in capsys.readouterr().out
+    (marker,) = tmp_path.glob("runs/sonolab-dualrep/auto-*/auto_pretrained.json")
+    record = json.loads(marker.read_text())
+    assert [Path(c).name for c in record["configs"]] == [
+        "dualrep.yaml",
+        "clips_6s.yaml",
+        "mmcl_only.yaml",
+        "pretrain_tiny.yaml",
+    ]
+    assert math.isfinite(record["final_metrics"]["train/loss"])
+    pretraining = yaml.safe_load((marker.parent / "config.yaml").read_text())
+    assert pretraining["model"]["init_args"]["use_mmsl"] is False, "the row's variant (MMCL only)"
+    assert pretraining["data"]["init_args"]["root"] == str(tiny_dataset), "on the run's own data"
+    assert first.model.initialisation == "ssl" and first.model.hparams.pretrained == record["checkpoint"]
+    saved = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(
+        first.model.encoder.backbone.conv1.weight,
+        saved["net.image_encoder.backbone.conv1.weight"],
+        atol=2e-4,  # one Adam step of lr 1e-4 away
+        rtol=0,
+    )
+
+    second = run_cli([*plane, "--seed_everything=1"])
+    assert "pretrained earlier" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("runs/sonolab-dualrep/*/"))) == 1, "pretrained once"
+    assert len(list(tmp_path.glob("runs/sonolab-dualrep-plane/*/"))) == 2
+    assert second.model.hparams.pretrained == record["checkpoint"]
+
+
+def test_pretrained_auto_outside_fit_needs_a_finished_pretraining(
+    run_cli, tiny_dataset, configs_dir, tmp_path
+):
+    args = [
+        "test",
+        "--config",
+        configs_dir / "finetune_plane.yaml",
+        "--config",
+        configs_dir / "finetune_plane" / "ours_medium.yaml",
+        *_tiny_clips(tiny_dataset),
+    ]
+    from lightning_modules.common.runs import RunError
+
+    with pytest.raises(RunError, match="run `lightning fit` with this config first"):
+        run_cli(args)
+
+
 @pytest.mark.ddp
 def test_ddp_two_cpu_processes(run_cli_subprocess, tiny_dataset, configs_dir):
     """Pretraining with negatives gathered over 2 gloo ranks (global batch 4 = 2 per rank)."""
@@ -259,67 +333,50 @@ def test_ddp_two_cpu_processes(run_cli_subprocess, tiny_dataset, configs_dir):
 # learnability (slow): the demo recipe of lightning_modules/dualrep_ssl/README.md
 # ---------------------------------------------------------------------------------------------------------
 
-DEMO = Path(__file__).resolve().parents[2] / "data" / "synthetic-demo"
 SEEDS = (0, 1, 2, 3, 4)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
 def test_learnability_on_the_demo_dataset(tmp_path, monkeypatch):
-    """Pretrain with configs/dualrep/demo.yaml (8 epochs), then fine-tune plane detection on 25 % of the
-    labels from the pretrained image encoder and from random weights, 5 seeds each (configs/finetune_plane/
-    demo.yaml). Video-image retrieval must end well above chance, and the mean macro F1 of the pretrained
-    encoder must beat random initialisation. Prints the figures (about 20 min on 2 idle CPU cores)."""
-    import json
-
-    from lightning_modules.cli import main as cli_main
-    from lightning_modules.dualrep_ssl import tables
-
-    monkeypatch.chdir(tmp_path)
-    data = [f"--data.init_args.root={DEMO}", "--data.init_args.synthetic=demo"]
-    configs = ["--config", tables.config_path("dualrep"), "--config", tables.config_path("dualrep", "demo")]
-    cli = cli_main(["fit", *configs, *data])
-    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    batch = cli.datamodule.per_device_batch_size()
-    n_val = len(cli.datamodule.datasets["val"])
-    print(
-        f"\npretraining, final epoch (in-batch chance R@1 {1 / batch:.3f}, R@5 {5 / batch:.3f}; "
-        f"whole-split chance R@1 {1 / n_val:.4f}, R@5 {5 / n_val:.4f}):"
+    """The Table 1 study on the demo data as a user runs it (configs/sweeps/dualrep_plane.yaml cut to the
+    "Rand. Init." and "Ours (Medium)" rows, 5 seeds each, locally, with configs/finetune_plane/demo.yaml):
+    the "Ours" rows pretrain DualRepSSL once (`pretrained: auto`, the demo pretraining) and fine-tune plane
+    detection on 25 % of the labels. The pretraining's video-image retrieval must end well above chance, and
+    the mean macro F1 of the pretrained encoder must beat random initialisation."""
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the sweep file's config paths are relative to the checkout
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    root = tmp_path / "runs"
+    results = run_study(
+        repo / "configs" / "sweeps" / "dualrep_plane.yaml",
+        {
+            "config": ["configs/finetune_plane/random_init.yaml", "configs/finetune_plane/ours_medium.yaml"],
+            "seed_everything": list(SEEDS),
+        },
+        ["--config", "configs/finetune_plane/demo.yaml", "--trainer.precision=32-true"],
+        root,
     )
+    (marker,) = root.glob("sonolab-dualrep/auto-*/auto_pretrained.json")
+    metrics = json.loads(marker.read_text())["final_metrics"]
+    batch = 16  # configs/dualrep/demo.yaml
+    print(f"\npretraining, final epoch (in-batch chance R@1 {1 / batch:.3f}, R@5 {5 / batch:.3f}):")
     for key in sorted(k for k in metrics if "R@" in k):
         print(f"  {key}: {metrics[key]:.4f}")
     assert metrics["train/batch_vi_R@1_epoch"] >= 2 / batch
     assert metrics["train/batch_vi_R@5_epoch"] >= 5 / batch + 0.15
     assert metrics["val/batch_vi_R@5"] >= 5 / batch + 0.05
-    pretrained = tmp_path / "pretrained"
-    pretrained.mkdir()
-    (pretrained / "medium.ckpt").symlink_to(tables.latest_checkpoint(cli.trainer))
 
-    f1: dict[str, list[float]] = {"Rand. Init.": [], "Ours": []}
-    for seed in SEEDS:
-        out = tmp_path / f"plane_seed{seed}"
-        tables.main(
-            [
-                "--demo",
-                "--tables",
-                "plane",
-                "--rows",
-                "Rand. Init.",
-                "Ours",
-                "--pretrained-dir",
-                str(pretrained),
-                "--out",
-                str(out),
-                "--",
-                *data,
-                f"--seed_everything={seed}",
-                f"--data.init_args.subset_seed={seed}",
-            ]
-        )
-        results = json.loads((out / "results.json").read_text())["plane"]
-        for name in f1:
-            f1[name].append(results[name]["test/f1"])
+    from lightning_modules.collate import collect_runs
+
+    f1: dict[str, list[float]] = {
+        "configs/finetune_plane/random_init.yaml": [],
+        "configs/finetune_plane/ours_medium.yaml": [],
+    }
+    for run in collect_runs(root, "dualrep_plane"):
+        f1[run["params"]["config"]].append(run["metrics"]["test/f1"])
+    assert all(len(v) == len(SEEDS) for v in f1.values()), f1
     mean = {name: sum(v) / len(v) for name, v in f1.items()}
     print("plane detection test macro F1 per seed:", {k: [round(x, 3) for x in v] for k, v in f1.items()})
-    print("mean:", {k: round(v, 3) for k, v in mean.items()})
-    assert mean["Ours"] > mean["Rand. Init."]
+    print("mean:", {k: round(v, 3) for k, v in mean.items()}, "table:", results)
+    assert mean["configs/finetune_plane/ours_medium.yaml"] > mean["configs/finetune_plane/random_init.yaml"]

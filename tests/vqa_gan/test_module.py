@@ -20,7 +20,6 @@ from lightning_modules.vqa_gan.baselines import ImageQualityGAN, STAEBaseline, s
 from lightning_modules.vqa_gan.losses import stae_loss
 from lightning_modules.vqa_gan.module import VideoQualityGAN, ZoomInPretrainer
 from lightning_modules.vqa_gan.scan import usable_segments
-from lightning_modules.vqa_gan.tables import TABLE1, format_paper_table, unique_variants
 from lightning_modules.vqa_gan.zoom import ZoomIn, box_from_theta, theta_from_box, warp, warp_flow
 
 CLASSES = ["approach_transventricular", "transcerebellar", "transventricular"]
@@ -518,7 +517,7 @@ def test_figures_are_drawn_and_saved(tmp_path):
         assert callback.saved["test"].parent == tmp_path / "figures"
 
 
-# --------------------------------------------------------------------------------- scan, tables
+# --------------------------------------------------------------------------------- scan
 def test_usable_segments_join_consecutive_high_windows():
     rows = [
         {"scan_id": "s", "end_frame": e, "decision": d}
@@ -527,27 +526,6 @@ def test_usable_segments_join_consecutive_high_windows():
     segs = usable_segments(rows, fps=8.0, span=57)
     assert [(s["start_frame"], s["end_frame"], s["windows"]) for s in segs] == [(8, 72, 2), (32, 88, 1)]
     assert segs[0]["start_s"] == pytest.approx(1.0) and segs[0]["end_s"] == pytest.approx(73 / 8)
-
-
-def test_tables_dedupe_identical_overlays_and_layout():
-    canonical = unique_variants(["with_flow", "gaze_w0", "all_modalities", "gaze_w0.1", "gaze_w1"])
-    assert canonical == {
-        "with_flow": "with_flow",
-        "gaze_w0": "with_flow",
-        "all_modalities": "all_modalities",
-        "gaze_w0.1": "all_modalities",
-        "gaze_w1": "gaze_w1",
-    }
-    results = {
-        "video_only": [{"test/auc": 0.8, "test/f1": 0.5}, {"test/auc": 0.9, "test/f1": 0.7}],
-        "all_modalities": [{"test/auc": 0.95, "test/f1": 0.9}],
-    }
-    text = format_paper_table("T1", TABLE1, results)
-    lines = text.splitlines()
-    assert lines[2] == "| | method | AUC | F1 | ACC | SEN | SPE |"
-    assert "| Multiple modalities | Video only | 0.850 ± 0.071 | 0.600 | - | - | - |" in lines
-    assert "|  | All modalities | 0.950 | 0.900 | - | - | - |" in lines
-    assert not any("STAE" in line for line in lines)
 
 
 def test_scan_plot_marks_the_task_classes():
