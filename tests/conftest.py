@@ -10,6 +10,44 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+HEAVY_LIST = Path(__file__).with_name("heavy_tests.txt")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests listed in tests/heavy_tests.txt (the ones that took seconds in a full run, measured
+    with SONOLAB_TEST_REPORT below) as ``heavy``: ``make test-quick`` leaves them out."""
+    if not HEAVY_LIST.is_file():
+        return
+    heavy = {line.split("#")[0].strip() for line in HEAVY_LIST.read_text().splitlines()} - {""}
+    for item in items:
+        if item.nodeid in heavy:
+            item.add_marker(pytest.mark.heavy)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """With SONOLAB_TEST_REPORT=<file>: one JSON line per test with its wall time, the process's resident
+    memory after it and the peak so far (how the heavy list and the memory figures are measured)."""
+    path = os.environ.get("SONOLAB_TEST_REPORT")
+    if not path:
+        yield
+        return
+    import json
+    import resource
+    import time
+
+    start = time.perf_counter()
+    yield
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    record = {
+        "test": item.nodeid,
+        "seconds": round(time.perf_counter() - start, 2),
+        "rss_mb": round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20),
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
 
 @pytest.fixture(scope="session")
 def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
