@@ -38,9 +38,10 @@ test-slow: install ## learnability and other long tests only
 test-all: install ## every test
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lint: install ## ruff lint + format check
+lint: install ## ruff lint + format check + mypy type check of the package ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -37,6 +37,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def _compute_item(
     return frames, np.ascontiguousarray(flow.transpose(1, 0, 2, 3)).astype(np.float16)
 
 
-_WORKER_MAPS: dict[str, np.ndarray] = {}
+_WORKER_MAPS: dict[str, np.memmap] = {}
 
 
 def _color_path(flow_path: Path) -> Path:
@@ -167,7 +168,7 @@ def _color_path(flow_path: Path) -> Path:
     return flow_path.with_name("flow_color.npy")
 
 
-def _open_rw(path: Path) -> np.ndarray:
+def _open_rw(path: Path) -> np.memmap:
     key = str(path)
     if key not in _WORKER_MAPS:
         _WORKER_MAPS[key] = np.load(path, mmap_mode="r+")
@@ -252,7 +253,7 @@ def remove_stale_tmp(cache_root: str | os.PathLike) -> list[Path]:
     host (a shared file system) only when it is older than a day, since its pid cannot be checked from here.
     """
     root = Path(cache_root)
-    removed = []
+    removed: list[Path] = []
     if not root.is_dir():
         return removed
     host = _host_tag()
@@ -397,7 +398,12 @@ class ClipCache:
         return index, offset
 
     def _tasks(
-        self, frames_path: Path, flow_path: Path | None, index: dict, chunk: int, done: set[str] = frozenset()
+        self,
+        frames_path: Path,
+        flow_path: Path | None,
+        index: dict,
+        chunk: int,
+        done: AbstractSet[str] = frozenset(),
     ) -> list:
         by_video: dict[Path, list[tuple[ClipSpec, int]]] = defaultdict(list)
         for s in self.specs:
@@ -416,7 +422,9 @@ class ClipCache:
         index, total = self._layout()
         frames_path = tmp / "frames.npy"
         flow_path = tmp / "flow.npy" if self.params.flow is not None else None
-        shapes = [(frames_path, np.uint8, (total, H, W, C))]
+        shapes: list[tuple[Path, type[np.generic], tuple[int, ...]]] = [
+            (frames_path, np.uint8, (total, H, W, C))
+        ]
         if flow_path is not None:
             shapes.append((flow_path, np.float16, (total, 2, H, W)))
             if self.params.flow_color:

@@ -221,11 +221,11 @@ def boxes_from_masks(
     unmatched: list[str] = []
     for mask_path in mask_files:
         stem = mask_path.stem[: len(mask_path.stem) - len(suffix)] if suffix else mask_path.stem
-        found = by_stem.get(stem)
-        if not found:
+        matches = by_stem.get(stem)
+        if not matches:
             unmatched.append(str(mask_path))
             continue
-        image_id, image_path = found[0]
+        image_id, image_path = matches[0]
         if image_id in used:
             errors.append(f"{mask_path}: a second mask for image {image_id}")
             continue

@@ -100,7 +100,11 @@ def _draw(name: str, spec: dict[str, Any], rng: random.Random) -> Any:
     if "values" in spec:
         return rng.choice(list(spec["values"]))
     kind = spec.get("distribution", "uniform" if isinstance(spec.get("min"), float) else "int_uniform")
+    if kind == "normal":
+        return rng.gauss(float(spec.get("mu", 0.0)), float(spec.get("sigma", 1.0)))
     lo, hi = spec.get("min"), spec.get("max")
+    if lo is None or hi is None:
+        raise SystemExit(f"parameter {name}: a {kind} distribution needs min and max, got {dict(spec)}")
     if kind == "int_uniform":
         return rng.randint(int(lo), int(hi))
     if kind == "uniform":
@@ -110,8 +114,6 @@ def _draw(name: str, spec: dict[str, Any], rng: random.Random) -> Any:
     if kind == "q_uniform":
         q = float(spec.get("q", 1.0))
         return round(rng.uniform(float(lo), float(hi)) / q) * q
-    if kind == "normal":
-        return rng.gauss(float(spec.get("mu", 0.0)), float(spec.get("sigma", 1.0)))
     raise SystemExit(f"parameter {name}: distribution {kind!r} is not supported by the local runner")
 
 

@@ -46,7 +46,7 @@ import urllib.error
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -320,7 +320,7 @@ def pretrained_backbone(
                 "nor an existing file"
             )
         model = _create(name, kwargs, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return model, int(model.num_features)
+    return model, int(cast(int, model.num_features))  # timm models carry their feature width
 
 
 def _create(name: str, kwargs: dict[str, Any], **extra: Any) -> nn.Module:

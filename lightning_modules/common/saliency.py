@@ -292,6 +292,8 @@ class _MeanSaliencyMetric(Metric):
 
     full_state_update = False
     is_differentiable = False
+    total: Tensor  # states (add_state), which the type checker cannot see
+    count: Tensor
 
     def __init__(self, log_input: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)

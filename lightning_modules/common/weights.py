@@ -22,6 +22,7 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def format_keys(keys: Sequence[str], limit: int = _SHOW) -> str:
     return f"{len(keys)}: {shown}{more}"
 
 
-def _is_state_dict(obj: object) -> bool:
+def _is_state_dict(obj: object) -> TypeGuard[Mapping[str, torch.Tensor]]:
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0

@@ -44,9 +44,9 @@ CNN14_CHANNELS = (64, 128, 256, 512, 1024, 2048)
 FRONT_END_KEYS = ("spectrogram_extractor.*", "logmel_extractor.*")
 
 
-def _init_layer(layer: nn.Module) -> None:
+def _init_layer(layer: nn.Conv2d | nn.Linear) -> None:
     nn.init.xavier_uniform_(layer.weight)
-    if getattr(layer, "bias", None) is not None:
+    if layer.bias is not None:
         nn.init.zeros_(layer.bias)
 
 

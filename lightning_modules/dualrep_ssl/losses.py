@@ -107,7 +107,9 @@ def mmcl_loss(
     parts["cl_v_va"] = info_nce_excluding_positive(F_v, F_va, tau, positive_offset)
     parts["L_a"] = pi * parts["cl_v_a"] + (1.0 - pi) * parts["cl_v_va"]
     total = parts["L_a"]
-    if F_i is not None:
+    if (F_i is None) != (F_vi is None):
+        raise ValueError("mmcl_loss: give both F_i and F_vi (the image terms) or neither")
+    if F_i is not None and F_vi is not None:
         parts["cl_v_i"] = info_nce_excluding_positive(F_v, F_i, tau, positive_offset)
         parts["cl_v_vi"] = info_nce_excluding_positive(F_v, F_vi, tau, positive_offset)
         parts["L_i"] = pi * parts["cl_v_i"] + (1.0 - pi) * parts["cl_v_vi"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 from torch.optim import Adam
 
@@ -219,7 +220,7 @@ class STAEBaseline(QualityAnomalyModule):
         recon, _ = self.stae(clip)
         return {"input": clip, "reconstruction": recon}
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         opt = Adam(self.stae.parameters(), lr=self.hparams.lr, betas=(self.hparams.beta1, self.hparams.beta2))
         scheduler = linear_decay_schedule(opt, self.hparams.n_constant_epochs, self.hparams.n_decay_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +72,7 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     size = tuple(int(s) for s in size)
     if len(size) != 2:
         raise ValueError(f"image_size must be an int or (H, W), got {size!r}")
-    return size  # type: ignore[return-value]
+    return size[0], size[1]
 
 
 def _log2_exact(value: int) -> int | None:
@@ -168,7 +169,7 @@ def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
             m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d | nn.Linear
         ):
             if parametrize.is_parametrized(m, "weight"):
-                weight = m.parametrizations.weight.original
+                weight = cast(Any, m).parametrizations.weight.original
             else:
                 weight = m.weight
             with torch.no_grad():

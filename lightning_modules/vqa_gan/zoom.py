@@ -173,6 +173,11 @@ class ZoomIn(nn.Module):
     ``[-1, 1]`` as torchvision's ImageNet GoogLeNet expects.
     """
 
+    # buffers (register_buffer), which the type checker cannot see
+    mean: Tensor
+    std: Tensor
+    transform_input: Tensor
+
     def __init__(
         self, s_min: float = 0.25, weights_path: str | Path | None = None, localizer_size: int | None = None
     ) -> None:
@@ -203,6 +208,7 @@ class ZoomIn(nn.Module):
 
     def load_weights(self, path: str | Path) -> None:
         """Load ``"imagenet"``, a torchvision GoogLeNet state dict or a ZoomIn checkpoint (see ``__init__``)."""
+        state: Any
         if is_source_name(path):
             state = pretrained_state_dict("googlenet", str(path))
         else:
