@@ -44,7 +44,7 @@ def _label_array(ids: Sequence[str], labels: Mapping[str, float], what: str) -> 
 
 
 class ImageDataset(Dataset):
-    """Images with their plane label, their position in the set and (once attached) their pseudo-label."""
+    """Images with their plane label and (once attached) their pseudo-label."""
 
     def __init__(
         self, records: Sequence[ImageRecord], classes: Sequence[str], channels: int, hw: tuple[int, int]
@@ -67,7 +67,6 @@ class ImageDataset(Dataset):
         item = {
             "image": load_image_tensor(record, self.channels, self.hw),
             "label": torch.tensor(self.class_index.get(record.plane, -1), dtype=torch.long),
-            "index": torch.tensor(index, dtype=torch.long),
             "image_id": record.image_id,
             "plane": record.plane,
         }
@@ -123,7 +122,7 @@ class ImageDataModule(SonoDataModule):
             embedding, k, smoothing, ...); None: no pseudo-labels. Built in `prepare_data` (rank 0, on the
             trainer's device; not for `predict`), cached by dataset fingerprint + these parameters +
             the embedding's identity, read back at `setup` by every process.
-    Batches: images -> `image`, `label`, `index`, `image_id`, `plane` (+ `pseudo_label`); pairs -> `better`,
+    Batches: images -> `image`, `label`, `image_id`, `plane` (+ `pseudo_label`); pairs -> `better`,
     `worse`, `better_id`, `worse_id`, `plane` (+ `better_pseudo_label`, `worse_pseudo_label`). The pseudo-labels
     come with the training images and the val/test images or pairs, not with `predict` batches.
     """

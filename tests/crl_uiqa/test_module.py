@@ -161,9 +161,7 @@ def test_bad_hyperparameters_are_named() -> None:
     with pytest.raises(FileNotFoundError, match=r"pseudo_labels\.embedding='no_such\.ckpt'"):
         PseudoLabelSpec(embedding="no_such.ckpt")
     with pytest.raises(KeyError, match=r"data\.init_args\.pseudo_labels"):
-        CRLUIQA(image_size=32, proj_dim=8).training_step(
-            {"image": images(2), "index": torch.tensor([0, 1])}, 0
-        )
+        CRLUIQA(image_size=32, proj_dim=8).training_step({"image": images(2)}, 0)
     with pytest.raises(ValueError, match="method"):
         ClassicalIQA(image_size=32, method="piqe")
 
