@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -145,7 +145,7 @@ class QualityViewPanel(Callback):
         hp = getattr(pl_module, "hparams", {})
         views, scores, titles = view_panel(
             images,
-            lambda x: pl_module.score(x.to(pl_module.device)),
+            lambda x: cast(Any, pl_module).score(x.to(pl_module.device)),  # a PairwiseQualityModule
             self.eps_levels,
             kind=self.kind,
             sigma_per_eps=float(hp.get("sigma_per_eps", 10.0)),

@@ -45,7 +45,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,7 +263,8 @@ class PseudoLabels:
         for g in sorted(set(g_arr.tolist())):
             if g not in self.transforms:
                 raise ValueError(
-                    f"group {g!r} has no fitted pseudo-label transform (known: {sorted(self.transforms)})"
+                    f"group {g!r} has no fitted pseudo-label transform "
+                    f"(known: {sorted(k for k in self.transforms if k is not None)})"
                 )
             idx = np.flatnonzero(g_arr == g)
             out[idx] = _apply(self.transforms[g], s[idx], fitted=False)
@@ -364,7 +365,7 @@ def embed_images(
     """
     was_training = model.training
     model.eval().to(device)
-    fn = model.embed if hasattr(model, "embed") else model
+    fn: Callable[[torch.Tensor], torch.Tensor] = getattr(model, "embed", model)
     feats: list[torch.Tensor] = []
     ids: list[str] = []
     try:

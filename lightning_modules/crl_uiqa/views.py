@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,34 @@ def _rotate(images: torch.Tensor, angles_deg: torch.Tensor, fill: float) -> torc
     x = images.float() - fill
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
     return out.to(images.dtype)
+
+
+@overload
+def weak_view(
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    hflip_p: float = 0.5,
+    vflip_p: float = 0.5,
+    max_angle: float = 30.0,
+    right_angles: bool = False,
+    fill: float = -1.0,
+    return_params: Literal[False] = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def weak_view(
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    hflip_p: float = 0.5,
+    vflip_p: float = 0.5,
+    max_angle: float = 30.0,
+    right_angles: bool = False,
+    fill: float = -1.0,
+    return_params: Literal[True],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def weak_view(
