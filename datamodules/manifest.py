@@ -156,7 +156,7 @@ class Manifests:
             raise ValueError(f"unknown split {split!r} (allowed: {', '.join(SPLITS)})")
         label_set = None if labels is None else set(labels)
         if quality is None:
-            quality_set = None
+            quality_set: set[int | None] | None = None
         elif isinstance(quality, int):
             quality_set = {quality}
         else:
@@ -481,7 +481,7 @@ def parse_images(root: Path, table: Table, report: Reporter) -> dict[str, ImageR
     file = MANIFEST_FILES["images"]
     known = {"image", "plane", "split", "role", "subject_id"}
     out: dict[str, ImageRecord] = {}
-    first_line: dict[Path, tuple[int, str]] = {}
+    first_line: dict[Path, tuple[int, str | None]] = {}
     for line, row in table.rows:
         c = _RowChecker(file, line, row, report)
         image = c.required("image")

@@ -551,8 +551,8 @@ def load_gaze(path: str | os.PathLike, quote: bool = True) -> GazeTrack:
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue  # blank line
-                cells = [row[c].strip() if c < len(row) else "" for c in cols]
-                rows.append((reader.line_num, *cells))
+                time_s, x, y = (row[c].strip() if c < len(row) else "" for c in cols)
+                rows.append((reader.line_num, time_s, x, y))
     except FileNotFoundError:
         raise MediaError(f"{path}: gaze file not found") from None
     except (UnicodeDecodeError, csv.Error) as e:

@@ -383,7 +383,9 @@ class SonolabCLI(LightningCLI):
         """``model.init_args.X: last:<project>`` = the ``last.ckpt`` of the newest run of that project under
         this run's root (e.g. fine-tuning from the latest DualRepSSL pretraining)."""
         init = cfg.model.get("init_args") if cfg.get("model") is not None else None
-        for key, value in dict(init or {}).items():
+        if init is None:
+            return
+        for key, value in dict(init).items():
             if isinstance(value, str) and value.startswith(RUN_REFERENCE):
                 project = value[len(RUN_REFERENCE) :]
                 run_dir = newest_run(self.identity.root, project)
@@ -486,7 +488,8 @@ class SonolabCLI(LightningCLI):
     def _forget_failed_start(self) -> None:
         """A new run that failed before it started (bad data, a missing file: nothing saved yet) leaves no
         folder behind; Lightning creates the W&B run before any setup code can fail."""
-        saver = next((c for c in self.trainer.callbacks if isinstance(c, RunConfigSaver)), None)
+        callbacks = getattr(self.trainer, "callbacks", [])  # a Trainer attribute Lightning sets at init
+        saver = next((c for c in callbacks if isinstance(c, RunConfigSaver)), None)
         folder = self.identity.folder
         if self.identity.continues or (saver is not None and saver.saved_to is not None):
             return
@@ -511,7 +514,7 @@ class SonolabCLI(LightningCLI):
         if not trainer.is_global_zero:
             return
         folder = run_directory(trainer)
-        if trainer.fast_dev_run:
+        if getattr(trainer, "fast_dev_run", False):
             print(
                 f"\n{what} (fast_dev_run: a wiring check, no checkpoint saved) run {self.identity.run_id}",
                 flush=True,

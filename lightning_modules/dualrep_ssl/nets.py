@@ -29,6 +29,7 @@ of strided kernels. Those (tiny) convolutions run in float32 instead; everything
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -112,7 +113,10 @@ class LowPrecisionSafeConv3d(nn.Conv3d):
         return out.to(dtype)
 
 
-def make_conv3d_low_precision_safe(module: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def make_conv3d_low_precision_safe(module: ModuleT) -> ModuleT:
     """Turn every plain ``nn.Conv3d`` inside ``module`` into :class:`LowPrecisionSafeConv3d` (in place)."""
     for m in module.modules():
         if type(m) is nn.Conv3d:
@@ -130,6 +134,8 @@ class ImageEncoder(nn.Module):
     """
 
     out_dim = 512
+    mean: torch.Tensor  # buffers (register_buffer), which the type checker cannot see
+    std: torch.Tensor
 
     def __init__(self, weights_path: str | os.PathLike | None = None, weights_prefix: str | None = None):
         super().__init__()
@@ -170,6 +176,8 @@ class VideoEncoder(nn.Module):
     """
 
     out_dim = 512
+    mean: torch.Tensor  # buffers (register_buffer), which the type checker cannot see
+    std: torch.Tensor
 
     def __init__(self, weights_path: str | os.PathLike | None = None, weights_prefix: str | None = None):
         super().__init__()
@@ -343,6 +351,7 @@ class DualRepNet(nn.Module):
             raise ValueError("DualRepNet(use_image=True) needs an image batch")
         h = {"v": self.video_encoder(video), "a": self.audio_encoder(audio)}
         if self.use_image:
+            assert self.image_encoder is not None and image is not None
             h["i"] = self.image_encoder(image)
         out = {f"h_{m}": x for m, x in h.items()}
 
@@ -351,6 +360,7 @@ class DualRepNet(nn.Module):
             out.update({f"F_{m}": x for m, x in f.items()})
             out["F_va"] = self.fusion_va(f["v"], f["a"])
             if self.use_image:
+                assert self.fusion_vi is not None
                 out["F_vi"] = self.fusion_vi(f["v"], f["i"])
         if self.use_mmsl:
             out.update({f"mu_{m}": self.mmsl_proj[m](x) for m, x in h.items()})
