@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.fabric.utilities.data import AttributeDict
@@ -388,7 +388,7 @@ class QualityAnomalyModule(LightningModule):
 
     def _evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
         scores = self.score_batch(batch)
-        store = self.eval_store[stage]
+        store = self._store(stage)
         for name in self.score_names:
             store[name].update(scores[name].detach().float())
         store["target"].update(self.task_target(batch).float())
@@ -401,8 +401,15 @@ class QualityAnomalyModule(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluation_step(batch, "test")
 
+    def _store(self, stage: str) -> dict[str, CatMetric]:
+        """The stage's gathering metrics by column (typed: ModuleDict items are plain Modules to mypy)."""
+        return {
+            name: cast(CatMetric, metric)
+            for name, metric in cast(nn.ModuleDict, self.eval_store[stage]).items()
+        }
+
     def _gather(self, stage: str) -> dict[str, Tensor] | None:
-        store = self.eval_store[stage]
+        store = self._store(stage)
         if not store["target"].update_called:
             for metric in store.values():
                 metric.reset()

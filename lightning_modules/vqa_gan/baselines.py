@@ -21,7 +21,7 @@ from torch.optim import Adam
 
 from .base import QualityAnomalyModule
 from .losses import stae_loss
-from .module import VideoQualityGAN
+from .module import ModelInputs, VideoQualityGAN
 from .nets import STAE, init_weights
 from .schedule import linear_decay_schedule
 
@@ -98,7 +98,7 @@ class ImageQualityGAN(VideoQualityGAN):
     def encoder_frames(self) -> int:
         return 1
 
-    def inputs(self, batch: dict[str, Any], with_gaze: bool) -> dict[str, Tensor | None]:
+    def inputs(self, batch: dict[str, Any], with_gaze: bool) -> ModelInputs:
         """The zoomed clip reduced to its last (freeze) frame, as a one-frame clip ``B×C×1×H×W``."""
         video, _, _, _ = self.zoom_inputs(batch["video"])
         return {"video": video[:, :, -1:], "flow": None, "gaze": None, "gaze_valid": None}

@@ -8,10 +8,12 @@ checkpoint is what ``VideoQualityGAN(zoom_checkpoint=...)`` loads and freezes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
@@ -35,7 +37,18 @@ from .pool import HistoryPool
 from .schedule import linear_decay_schedule
 from .zoom import ZoomIn, box_from_theta, theta_from_box
 
-__all__ = ["VideoQualityGAN", "ZoomInPretrainer"]
+__all__ = ["ModelInputs", "VideoQualityGAN", "ZoomInPretrainer"]
+
+
+class ModelInputs(TypedDict):
+    """What :meth:`VideoQualityGAN.inputs` makes of a batch: the zoomed clip, the encoded flow and (for
+    training with gaze) the zoomed gaze maps and their validity; the absent ones are None."""
+
+    video: Tensor
+    flow: Tensor | None
+    gaze: Tensor | None
+    gaze_valid: Tensor | None
+
 
 GAZE_LOSSES = ("l1", "mse")
 
@@ -173,7 +186,7 @@ class VideoQualityGAN(QualityAnomalyModule):
         self.num_frames = int(num_frames)
         self.model_frames = self.encoder_frames()
         self.feature_dim = int(feature_dim)
-        sizes = dict(
+        sizes: dict[str, Any] = dict(
             num_frames=self.model_frames,
             image_size=self.frame_size,
             ngf=ngf,
@@ -249,7 +262,7 @@ class VideoQualityGAN(QualityAnomalyModule):
         that of the zoomed flow, so the raw flow is warped and coloured per step."""
         return self.use_flow and self.flow_encoding == "color" and not self.use_zoom
 
-    def inputs(self, batch: dict[str, Any], with_gaze: bool) -> dict[str, Tensor | None]:
+    def inputs(self, batch: dict[str, Any], with_gaze: bool) -> ModelInputs:
         """Zoomed video, encoded flow and (for training) zoomed gaze maps with their validity."""
         video = batch["video"]
         cached = batch.get("flow_color") if self.uses_cached_color_flow() else None
@@ -324,7 +337,7 @@ class VideoQualityGAN(QualityAnomalyModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """One G step then one D step; returns every loss term (detached), e.g. for the non-finite guard."""
-        opt_g, opt_d = self.optimizers()
+        opt_g, opt_d = cast(list[LightningOptimizer], self.optimizers())
         inp = self.inputs(batch, with_gaze=True)
         x = inp["video"]
         # generator step: D parameters are frozen by toggle_optimizer, gradients flow through D to G
@@ -363,7 +376,7 @@ class VideoQualityGAN(QualityAnomalyModule):
         return logs
 
     def on_train_epoch_end(self) -> None:
-        for scheduler in self.lr_schedulers():
+        for scheduler in cast(list[LRScheduler], self.lr_schedulers()):
             scheduler.step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -427,6 +440,8 @@ class ZoomInPretrainer(LightningModule):
         beta: smooth-L1 transition of the box loss.
     """
 
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
+
     def __init__(
         self,
         image_size: int | list[int] = 256,
@@ -479,9 +494,12 @@ class ZoomInPretrainer(LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         out = self._step(batch)
         n = batch["box"].shape[0]
-        self.metrics[f"{stage}_loss"].update(out["loss"].detach(), weight=n)
-        self.metrics[f"{stage}_iou"].update(out["iou"])
-        self.metrics[f"{stage}_iou_box"].update(out["iou_box"])
+        self._metric(f"{stage}_loss").update(out["loss"].detach(), weight=n)
+        self._metric(f"{stage}_iou").update(out["iou"])
+        self._metric(f"{stage}_iou_box").update(out["iou_box"])
+
+    def _metric(self, name: str) -> MeanMetric:
+        return cast(MeanMetric, self.metrics[name])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -491,7 +509,7 @@ class ZoomInPretrainer(LightningModule):
 
     def _log_eval(self, stage: str) -> None:
         for name in ("loss", "iou", "iou_box"):
-            metric = self.metrics[f"{stage}_{name}"]
+            metric = self._metric(f"{stage}_{name}")
             self.log(f"{stage}/{name}", metric.compute(), prog_bar=name == "iou")
             metric.reset()
 
