@@ -11,7 +11,7 @@ VideoQualityGAN at the published shapes (batch 2, 8 frames of 256×256, ngf 32):
   with that step's time and not repeated (bf16 is emulated, and minutes per step, on CPUs without
   AVX-512-BF16/AMX);
 * peak memory of a few steps in a fresh subprocess per model and precision (the increase of the
-  process's peak resident set, ``ru_maxrss``, over its value before the first step; on a GPU
+  process's peak resident set, ``VmHWM``, over its size before the first step; on a GPU
   ``torch.cuda.max_memory_allocated``);
 * the DataLoader rate of each model's own DataModule, and of the clip cache (build, reads).
 
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]  # `python -m benchmarks.run` runs from the checkout
 
 
 def cpu_description() -> dict[str, Any]:
@@ -186,17 +187,42 @@ def case_specs(quick: bool, root: str | None) -> list[dict[str, Any]]:
     return specs
 
 
+def _status_mb(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc/self/status in MB (None where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def memory_child(spec: dict[str, Any], precision: str, steps: int, device: str) -> dict[str, Any]:
-    """Run in a fresh process: peak memory of ``steps`` plain-loop steps (see the module docstring)."""
+    """Run in a fresh process: peak memory of ``steps`` plain-loop steps (see the module docstring).
+
+    The peak is the kernel's high-water mark of this process's resident set (``VmHWM``), reset to the
+    current size once the model and batches are built (``/proc/self/clear_refs``), so the increase is the
+    steps' own. ``ru_maxrss`` cannot be used as is: Linux carries it over from the parent through
+    fork + exec, so a child of a process that was once larger never reports less than that.
+    """
     case = make_case(spec, device)
     step = case.plain_step(precision)
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    before = _status_mb("VmRSS")
     if case.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(steps):
         step(case.batches[i % len(case.batches)], i)
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    out["step_rss_increase_mb"] = out["peak_rss_mb"] - before_kb / 1024
+    peak = _status_mb("VmHWM") if reset else None
+    if peak is None:  # no /proc: ru_maxrss (an upper bound: it may include the parent's peak)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out: dict[str, Any] = {"peak_rss_mb": peak, "rss_before_steps_mb": before}
+    out["step_rss_increase_mb"] = None if before is None else peak - before
     if case.device.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -213,7 +239,7 @@ def peak_memory(
         json.dumps([spec, precision, steps, device]),
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):

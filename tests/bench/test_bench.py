@@ -101,3 +101,14 @@ def test_bench_gpu_reduced_form_runs_every_variant_on_cpu(tmp_path):
     assert results["flops_per_step"] > 0
     fp32 = results["fp32"]
     assert fp32["tflop_per_s"] == pytest.approx(results["flops_per_step"] / fp32["step_s"] / 1e12)
+
+
+def test_peak_memory_is_the_steps_own_increase():
+    """The memory subprocess reports its own steps' peak, not the (larger) test process's: ru_maxrss would
+    carry this process's peak over through fork + exec and give an increase of 0."""
+    from benchmarks.run import peak_memory
+
+    mem = peak_memory({"vqa_size": "tiny"}, "32-true", 2, "cpu", timeout=300)
+    assert "error" not in mem, mem
+    assert 0 < mem["step_rss_increase_mb"] < 2000
+    assert mem["peak_rss_mb"] == pytest.approx(mem["rss_before_steps_mb"] + mem["step_rss_increase_mb"])
