@@ -9,8 +9,8 @@ pseudo-labels are a stage of this DataModule (:mod:`datamodules.pseudo_labels`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -127,7 +127,7 @@ class ImageDataModule(SonoDataModule):
     come with the training images and the val/test images or pairs, not with `predict` batches.
     """
 
-    required_manifests = ("images",)
+    required_manifests: tuple[str, ...] = ("images",)
 
     def __init__(
         self,
@@ -221,7 +221,7 @@ class ImageDataModule(SonoDataModule):
                 self.datasets[split].attach_pseudo_labels(labels)  # type: ignore[attr-defined]
         log.info(
             "images: %s, standard=%d (planes: %s)",
-            ", ".join(f"{s}={len(d)}" for s, d in self.datasets.items()),
+            ", ".join(f"{s}={len(cast(Sized, d))}" for s, d in self.datasets.items()),
             len(self.standard_dataset),
             ", ".join(self.classes),
         )

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import cv2
 import numpy as np
@@ -253,6 +253,7 @@ def niqe_patch_features(img255: np.ndarray, patch_size: int = 96) -> tuple[np.nd
         if scale == 1:
             sharp = _patches(sigma, patch_size).mean(axis=(1, 2))
             im = imresize_half(im)
+    assert sharp is not None  # set at scale 1
     return np.concatenate(feats, axis=1), sharp
 
 
@@ -493,7 +494,7 @@ def closest_standard(
     by Euclidean distance of the grey images resized to ``pixel_size``² (antialiased bilinear)."""
     if (embeddings is None) != (standard_embeddings is None):
         raise ValueError("give both embeddings and standard_embeddings, or neither")
-    if embeddings is not None:
+    if embeddings is not None and standard_embeddings is not None:
         d = torch.cdist(embeddings.detach().float().cpu(), standard_embeddings.detach().float().cpu())
         return d.argmin(dim=1).numpy()
     x, s = _grey(_as_batch(images)), _grey(_as_batch(standard_images))
@@ -514,7 +515,7 @@ def _ms_ssim_betas(h: int, w: int, kernel: int = 11) -> tuple[float, ...]:
 
 def _fr(metric: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if metric == "mssim":
-        return structural_similarity_index_measure(x, y, data_range=2.0, reduction="none")
+        return cast(torch.Tensor, structural_similarity_index_measure(x, y, data_range=2.0, reduction="none"))
     if metric == "ms_ssim":
         betas = _ms_ssim_betas(x.shape[-2], x.shape[-1])
         return multiscale_structural_similarity_index_measure(

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 
 from lightning_modules.crl_uiqa.baselines import BRISQUE, NIQE, full_reference_scores
 from lightning_modules.crl_uiqa.evaluation import PairwiseQualityModule, datamodule_member
@@ -38,6 +39,8 @@ class ClassicalIQA(PairwiseQualityModule):
         reference_per_plane: look for the reference among the standard images of the image's own plane.
         pixel_size: side of the images compared when choosing the closest standard image.
     """
+
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
 
     METHODS = ("niqe", "brisque", "mssim", "ms_ssim")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -95,9 +95,10 @@ class PairwiseQualityModule(LightningModule):
         planes = list(batch["plane"])
         better = self.score(batch["better"], planes)
         worse = self.score(batch["worse"], planes)
-        self.pairwise[stage].update(better, worse, planes)
+        cast(PairwiseAccuracy, self.pairwise[stage]).update(better, worse, planes)
         fraction = blur_monotonicity(lambda x: self.score(x, planes), batch["better"], self.blur_levels)
-        self.monotonic[stage].update(torch.tensor(fraction, device=self.device), weight=len(planes))
+        monotonic = cast(MeanMetric, self.monotonic[stage])
+        monotonic.update(torch.tensor(fraction, device=self.device), weight=len(planes))
         self.extra_eval(batch, stage, better, worse)
 
     def extra_eval(
@@ -106,16 +107,17 @@ class PairwiseQualityModule(LightningModule):
         """Hook for further per-batch evaluation (CRLUIQA: agreement with the pseudo-labels)."""
 
     def _eval_epoch_end(self, stage: str) -> None:
-        metric = self.pairwise[stage]
+        metric = cast(PairwiseAccuracy, self.pairwise[stage])
+        monotonic = cast(MeanMetric, self.monotonic[stage])
         accuracy = metric.compute()
         values = {f"{stage}/pairwise_acc": accuracy["overall"]}
         for key, value in accuracy.items():
             if key.startswith("plane/"):
                 values[f"{stage}/pairwise_acc/{key[len('plane/') :]}"] = value
-        values[f"{stage}/blur_monotonicity"] = self.monotonic[stage].compute()
+        values[f"{stage}/blur_monotonicity"] = monotonic.compute()
         self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=True)
         metric.reset()
-        self.monotonic[stage].reset()
+        monotonic.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -16,9 +16,11 @@ here so that configs and run folders naming ``lightning_modules.crl_uiqa.module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import nn
 from torchmetrics.regression import SpearmanCorrCoef
 
@@ -64,6 +66,8 @@ class CRLUIQA(PairwiseQualityModule):
             (YOLOv5's default schedule, as torch's ``LinearLR``); 1 keeps it constant.
         planes, blur_levels: evaluation, see :class:`PairwiseQualityModule`.
     """
+
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
 
     def __init__(
         self,
@@ -227,24 +231,32 @@ class CRLUIQA(PairwiseQualityModule):
         q_better = batch["better_pseudo_label"].to(better.device, torch.float32)
         q_worse = batch["worse_pseudo_label"].to(better.device, torch.float32)
         self._pseudo_seen.add(stage)
-        self.pseudo_pairwise[stage].update(q_better, q_worse, list(batch["plane"]))
-        self.pseudo_spearman[stage].update(torch.cat([better, worse]).float(), torch.cat([q_better, q_worse]))
+        pairwise, spearman = self._pseudo_metrics(stage)
+        pairwise.update(q_better, q_worse, list(batch["plane"]))
+        spearman.update(torch.cat([better, worse]).float(), torch.cat([q_better, q_worse]))
+
+    def _pseudo_metrics(self, stage: str) -> tuple[PairwiseAccuracy, SpearmanCorrCoef]:
+        return (
+            cast(PairwiseAccuracy, self.pseudo_pairwise[stage]),
+            cast(SpearmanCorrCoef, self.pseudo_spearman[stage]),
+        )
 
     def _eval_epoch_end(self, stage: str) -> None:
         super()._eval_epoch_end(stage)
         if stage not in self._pseudo_seen:
             return
         self._pseudo_seen.discard(stage)
+        pairwise, spearman = self._pseudo_metrics(stage)
         values = {
-            f"{stage}/pseudo_label_pairwise_acc": self.pseudo_pairwise[stage].compute()["overall"].float(),
-            f"{stage}/spearman_pseudo": self.pseudo_spearman[stage].compute().float(),
+            f"{stage}/pseudo_label_pairwise_acc": pairwise.compute()["overall"].float(),
+            f"{stage}/spearman_pseudo": spearman.compute().float(),
         }
         self.log_dict(values, sync_dist=True)
-        self.pseudo_pairwise[stage].reset()
-        self.pseudo_spearman[stage].reset()
+        pairwise.reset()
+        spearman.reset()
 
     # ------------------------------------------------------------------ optimiser
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         hp = self.hparams
         optimizer = torch.optim.SGD(
             self.scorer.parameters(),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Any, cast
 
 import timm
 import torch
@@ -104,7 +105,7 @@ def build_backbone(
     *,
     prefix: str | None = "auto",
     strict: bool = True,
-    **timm_kwargs: object,
+    **timm_kwargs: Any,
 ) -> tuple[nn.Module, int]:
     """A timm model without its classifier (``num_classes=0``: it returns pooled features).
 
@@ -125,7 +126,7 @@ def build_backbone(
         raise ValueError(f"cannot build timm backbone {name!r}: {e}") from e
     if pretrained_path:
         load_backbone_weights(model, pretrained_path, prefix=prefix, strict=strict)
-    return model, int(model.num_features)
+    return model, int(cast(Any, model).num_features)
 
 
 class QualityScorer(nn.Module):

@@ -3,11 +3,13 @@ CRL-UIQA's pseudo-labels (the paper's "pre-trained classification model", Guo et
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -31,6 +33,8 @@ class PlaneClassifierModule(LightningModule):
         augment: random flips and rotations (the weak view) during training.
         max_angle: rotation range of the augmentation, degrees.
     """
+
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
 
     def __init__(
         self,
@@ -100,7 +104,7 @@ class PlaneClassifierModule(LightningModule):
             f"{stage}/loss", loss, prog_bar=stage == "train", on_epoch=True, sync_dist=True, batch_size=n
         )
         for name in ("acc", "macro_acc"):
-            metric = self.metrics[f"{stage}_{name}"]
+            metric = cast(MulticlassAccuracy, self.metrics[f"{stage}_{name}"])
             metric.update(logits, labels)
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=n)
         return loss
@@ -126,7 +130,7 @@ class PlaneClassifierModule(LightningModule):
             "probability": conf,
         }
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -193,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> FrameRanking:
     ap.add_argument("--out", default=None, help="CSV file for rank, frame, score")
     args = ap.parse_args(argv)
     model = load_scorer(args.checkpoint, args.device)
-    size, channels = model.hparams.image_size, model.hparams.in_channels
+    hp = cast(Any, model).hparams
+    size, channels = hp.image_size, hp.in_channels
     if args.images:
         ranking = rank_images(model, args.images, size, channels, args.batch_size)
     else:

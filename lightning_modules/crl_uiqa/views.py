@@ -235,6 +235,32 @@ def blur(
     raise ValueError(f"unknown blur kind {kind!r}; expected one of {BLUR_KINDS}")
 
 
+@overload
+def strong_view(
+    images: torch.Tensor,
+    eps_range: Sequence[float],
+    generator: torch.Generator | None = None,
+    *,
+    kinds: Sequence[str] = BLUR_KINDS,
+    sigma_per_eps: float = 10.0,
+    length_per_eps: float = 30.0,
+    return_params: Literal[False] = False,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def strong_view(
+    images: torch.Tensor,
+    eps_range: Sequence[float],
+    generator: torch.Generator | None = None,
+    *,
+    kinds: Sequence[str] = BLUR_KINDS,
+    sigma_per_eps: float = 10.0,
+    length_per_eps: float = 30.0,
+    return_params: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
 def strong_view(
     images: torch.Tensor,
     eps_range: Sequence[float],
