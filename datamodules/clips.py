@@ -136,6 +136,8 @@ class ClipDataset(Dataset):
         pads), so the window always ends where the clip ends and never holds speech from after it.
         """
         start_s, _ = audio_window(item.frame_indices[-1], item.fps, self.audio_seconds)
+        if item.audio_path is None:  # validation requires it for the audio modality; a guard, not a path
+            raise DataError(f"clip {item.item_id}: scan {item.scan_id!r} has no audio file (modality audio)")
         return load_audio(item.audio_path, self.audio_sample_rate, start_s, self.audio_seconds)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -277,7 +279,7 @@ class VideoClipDataModule(SonoDataModule):
         self.gaze_sigma = gaze_sigma
         self.audio_sample_rate = audio_sample_rate
         self.audio_seconds = audio_seconds
-        self.logmel_kwargs = dict(
+        self.logmel_kwargs: dict[str, Any] = dict(
             sample_rate=audio_sample_rate,
             n_fft=n_fft,
             hop_length=hop_length,
@@ -405,7 +407,10 @@ class VideoClipDataModule(SonoDataModule):
                 if item.gaze_points is not None:
                     continue
                 if item.scan_id not in tracks:
-                    tracks[item.scan_id] = load_gaze(manifests.scans[item.scan_id].gaze)
+                    gaze_file = manifests.scans[item.scan_id].gaze
+                    if gaze_file is None:  # validation requires it for the gaze modality; a guard, not a path
+                        raise DataError(f"scans.csv: scan {item.scan_id!r} has no gaze file (modality gaze)")
+                    tracks[item.scan_id] = load_gaze(gaze_file)
                 item.gaze_points = fixations_for_frames(tracks[item.scan_id], item.fps, item.frame_indices)
 
     # ------------------------------------------------------------------ cache

@@ -97,6 +97,7 @@ def assign(
     root = Path(root)
     if by not in BY or stratify not in STRATIFY:
         raise ValueError(f"--by must be one of {BY} and --stratify one of {STRATIFY}")
+    strata_values: dict[int | str, str]  # by CSV line (images) or by scan id (scans, clips)
     if manifest == "images":
         table = _table(root, "images", required=True)
         assert table is not None

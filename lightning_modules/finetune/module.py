@@ -14,10 +14,11 @@ Both start their encoder from a DualRepSSL checkpoint (``pretrained``), a superv
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -45,6 +46,8 @@ EVAL_STAGES = ("val", "test")
 
 class _EncoderFinetune(LightningModule):
     """What both tasks share: the encoder, its initialisation, freezing and the optimiser."""
+
+    hparams: AttributeDict  # save_hyperparameters() stores them as one (Lightning types it as a Mapping)
 
     def _init_encoder(
         self,
@@ -185,7 +188,7 @@ class PlaneDetection(_EncoderFinetune):
         )
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None)  # a Trainer attribute Lightning sets
         data_classes = getattr(datamodule, "classes", None)
         if self.classes is None:
             if not data_classes:
@@ -230,12 +233,18 @@ class PlaneDetection(_EncoderFinetune):
         self.log("train/acc", self.train_accuracy, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
+    def _macro(self, stage: str) -> MetricCollection:
+        return cast(MetricCollection, self.macro[stage])
+
+    def _per_class(self, stage: str) -> MetricCollection:
+        return cast(MetricCollection, self.per_class[stage])
+
     def eval_step(self, batch: dict[str, Any], stage: str) -> None:
         label = self.labels(batch)
         logits = self(self.input_tensor(batch))
         loss = F.cross_entropy(logits, label)
-        self.macro[stage].update(logits, label)
-        self.per_class[stage].update(logits, label)
+        self._macro(stage).update(logits, label)
+        self._per_class(stage).update(logits, label)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(label))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -246,11 +255,11 @@ class PlaneDetection(_EncoderFinetune):
 
     def log_epoch(self, stage: str) -> None:
         assert self.classes is not None
-        logs = {f"{stage}/{name}": value for name, value in self.macro[stage].compute().items()}
-        for name, values in self.per_class[stage].compute().items():
+        logs = {f"{stage}/{name}": value for name, value in self._macro(stage).compute().items()}
+        for name, values in self._per_class(stage).compute().items():
             logs.update({f"{stage}/{name}/{c}": values[i] for i, c in enumerate(self.classes)})
-        self.macro[stage].reset()
-        self.per_class[stage].reset()
+        self._macro(stage).reset()
+        self._per_class(stage).reset()
         f1 = logs.pop(f"{stage}/f1")
         self.log_dict(logs)  # already reduced over ranks by torchmetrics
         self.log(f"{stage}/f1", f1, prog_bar=True)
@@ -356,7 +365,7 @@ class SaliencyFinetune(_EncoderFinetune):
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """B×1×H×W log-probabilities over the pixels (``size`` defaults to the input's H×W)."""
-        size = size or tuple(x.shape[-2:])
+        size = size or (int(x.shape[-2]), int(x.shape[-1]))
         return log_softmax_map(self.decoder(self.encoder.feature_maps(x), size))
 
     def shared_step(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor]:
@@ -375,8 +384,11 @@ class SaliencyFinetune(_EncoderFinetune):
             batch_size=n,
         )
         if stage in EVAL_STAGES:
-            self.metrics[stage].update(log_pred, gaze, valid, fixations=self.fixations(batch, gaze))
+            self._metrics(stage).update(log_pred, gaze, valid, fixations=self.fixations(batch, gaze))
         return loss, log_pred
+
+    def _metrics(self, stage: str) -> MetricCollection:
+        return cast(MetricCollection, self.metrics[stage])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")[0]
@@ -389,8 +401,8 @@ class SaliencyFinetune(_EncoderFinetune):
         self.shared_step(batch, "test")
 
     def log_epoch(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
-        self.metrics[stage].reset()
+        values = self._metrics(stage).compute()
+        self._metrics(stage).reset()
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
