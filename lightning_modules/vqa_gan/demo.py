@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(
         f"next: predict  lightning predict --ckpt_path {ckpt}"
         + f"\n      scan     python -m lightning_modules.vqa_gan.scan --checkpoint {ckpt} "
-        f"--scans {test_scan} --precision bf16-mixed"
+        f"--scans {test_scan} --precision 32-true"
     )
     return metrics
 

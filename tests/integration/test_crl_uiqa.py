@@ -88,8 +88,14 @@ def test_classical_baseline(overlay, run_cli, configs_dir, tiny_dataset, tmp_pat
 
 
 def test_demo_overlay_bf16(run_cli, configs_dir, tiny_dataset, tmp_path) -> None:
-    """The demo overlay trains under bf16-mixed autocast; scores stay float32 in [0, 1]."""
-    args = [*configs(configs_dir, "demo"), *tiny_data(tiny_dataset), *crl_fast()]
+    """The demo overlay trains under bf16-mixed autocast (what it is run with on AVX-512-BF16/AMX CPUs; its
+    own default is fp32); scores stay float32 in [0, 1]."""
+    args = [
+        *configs(configs_dir, "demo"),
+        *tiny_data(tiny_dataset),
+        *crl_fast(),
+        "--trainer.precision=bf16-mixed",
+    ]
     cli = run_cli(["fit", *args, "--trainer.fast_dev_run=1"])
     assert cli.trainer.precision == "bf16-mixed"
     run_cli(["predict", *args, "--trainer.fast_dev_run=1"])
