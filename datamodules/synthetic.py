@@ -53,6 +53,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -484,7 +485,7 @@ def _draw_anatomy(d: _Draw, an: dict, off: float) -> None:
         th = math.radians(hang)
         c, s = math.cos(th), math.sin(th)
 
-        def hp(u, v):  # heart coordinates -> anatomy coordinates
+        def hp(u: float, v: float) -> tuple[float, float]:  # heart coordinates -> anatomy coordinates
             return hx * a + c * u - s * v, hy * b + s * u + c * v
 
         R = 0.55 * a
@@ -522,8 +523,8 @@ def _key_points(an: dict) -> tuple[np.ndarray, np.ndarray]:
     else:  # background: the tissue blobs
         pts = [(x, y) for x, y, *_ in an["blobs"]]
         w = [1.0] * len(pts)
-    w = np.asarray(w, np.float64)
-    return np.asarray(pts, np.float64), w / w.sum()
+    weights = np.asarray(w, np.float64)
+    return np.asarray(pts, np.float64), weights / weights.sum()
 
 
 def _local_to_norm(g: _Geometry, S: np.ndarray, mirror: bool, lx, ly):
@@ -825,7 +826,7 @@ def _gaze(plan: _ScanPlan, g: _Geometry, cfg: SyntheticConfig, rng: np.random.Ge
             lx, ly = pts[rng.choice(len(w), p=w)] + rng.normal(0, 0.012, 2)
             X, Y = _local_to_norm(g, plan.S[fr[idx]], v.anatomy["mirror"], lx, ly)
         pos = np.stack([X, Y], -1) + rng.normal(0, 0.004, (len(idx), 2))
-        if n_sac and len(idx) > n_sac:  # saccade: straight to the new target
+        if prev is not None and n_sac and len(idx) > n_sac:  # saccade: straight to the new target
             a = (np.arange(1, n_sac + 1) / (n_sac + 1))[:, None]
             pos[:n_sac] = prev * (1 - a) + pos[n_sac] * a
         xy[i:j] = pos
@@ -1106,7 +1107,9 @@ def _generate_into(root: Path, name: str, cfg: SyntheticConfig, seed: int) -> di
     special = rng.permutation(cfg.n_scans)
     hires = set(special[: cfg.n_hires_audio].tolist())
     silent = set(special[cfg.n_hires_audio : cfg.n_hires_audio + cfg.n_silent_audio].tolist())
-    scans, clips, boxes = [], [], []
+    scans: list[dict[str, Any]] = []
+    clips: list[dict[str, Any]] = []
+    boxes: list[dict[str, Any]] = []
     for i, (sid, split) in enumerate(zip(ids, splits)):
         plan = _plan_scan(cfg, rng, sid, g.L)
         n_frames = _write_video(root / "videos" / f"{sid}.avi", plan, g, cfg, rng)
