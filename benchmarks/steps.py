@@ -96,6 +96,7 @@ class Case:
     source: Any = None
     note: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    compiled: list[str] | None = None  # networks compiled in place (benchmarks.gpu)
 
     def plain_step(self, precision: str) -> Callable[[Any, int], None]:
         """A closure doing one training step on a batch, with fresh optimisers (and scalers for fp16)."""
