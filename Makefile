@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 SWEEP ?=
 SWEEP_ARGS ?=
-.PHONY: help install demo test test-slow test-all lint format data bench bench-gpu sweep clean clean-venv
+.PHONY: help install demo test test-quick test-slow test-all lint format data bench bench-gpu sweep clean clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ demo: install ## VideoQualityGAN demo: demo data, zoom-in pretraining, short tra
 
 test: install ## the test suite CI runs (W&B disabled, slow tests left out)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-quick: install ## the edit-test loop: make test without the tests listed in tests/heavy_tests.txt (< 2 min idle)
+	WANDB_MODE=disabled OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m "not slow and not ddp and not heavy" -q -x $(PYTEST_ARGS)
 
 test-slow: install ## learnability and other long tests only
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow -q -s $(PYTEST_ARGS)

@@ -25,7 +25,7 @@ from torchmetrics.functional.classification import binary_roc
 from lightning_modules.common.contracts import Evaluation, EvaluationModule, group_names, require
 from lightning_modules.common.runs import save_figure
 
-__all__ = ["ROCPlot", "ScoreDistributionPlot", "group_names", "plot_roc", "plot_score_distribution"]
+__all__ = ["ROCPlot", "ScoreDistributionPlot", "plot_roc", "plot_score_distribution"]
 
 
 def plot_score_distribution(evaluation: Evaluation, score: str | None = None, title: str = "") -> plt.Figure:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from callbacks.vqa_plots import group_names
+from lightning_modules.common.contracts import Evaluation, group_names
 from lightning_modules.common.runs import run_directory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -57,7 +57,7 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines) + f"\n\ntest AUC per score: {extra}"
 
 
-def label_table(evaluation: dict[str, Any]) -> str:
+def label_table(evaluation: Evaluation) -> str:
     """Mean ± std of the primary score per clip label (normal group marked)."""
     groups = group_names(evaluation)
     values = np.asarray(evaluation["scores"][evaluation["primary"]], dtype=float)

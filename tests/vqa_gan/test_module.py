@@ -13,8 +13,9 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.vqa_plots import ROCPlot, ScoreDistributionPlot, group_names, plot_roc, plot_score_distribution
+from callbacks.vqa_plots import ROCPlot, ScoreDistributionPlot, plot_roc, plot_score_distribution
 from lightning_modules.common.anomaly import auc, best_f1_threshold, binary_metrics
+from lightning_modules.common.contracts import group_names
 from lightning_modules.vqa_gan.base import encode_flow
 from lightning_modules.vqa_gan.baselines import ImageQualityGAN, STAEBaseline, stae_scores
 from lightning_modules.vqa_gan.losses import stae_loss
