@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import ImageSize, SonoDataModule, to_unit_range
+from datamodules.base import SonoDataModule, to_unit_range
 from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
 from datamodules.errors import DataError
 from datamodules.manifest import box_references
@@ -70,41 +70,19 @@ class BoxDataset(Dataset):
 
 
 class BoxFrameDataModule(SonoDataModule):
-    """Single frames or still images and their normalised boxes; the split is the scan's or the image's."""
+    """Single frames or still images and their normalised boxes; the split is the scan's or the image's.
+
+    Args: SonoDataModule's (``batch_size`` defaults to 16 here).
+    """
 
     required_manifests = ("scans", "boxes")
 
     def __init__(
         self,
-        root: str = "data/synthetic-demo",
-        synthetic: str | None = "demo",
-        synthetic_seed: int = 0,
-        image_size: ImageSize = 128,
-        channels: int = 1,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        cache_dir: str | None = None,
-        skip_invalid: bool = False,
-        cache_workers: int = 0,
-        revalidate: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            synthetic=synthetic,
-            synthetic_seed=synthetic_seed,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            cache_dir=cache_dir,
-            skip_invalid=skip_invalid,
-            cache_workers=cache_workers,
-            revalidate=revalidate,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
 
     def requirements(self) -> dict[str, str]:
         """boxes.csv, and what its rows reference: scans.csv (boxes on scan frames) and/or images.csv (boxes

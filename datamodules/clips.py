@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import ImageSize, SonoDataModule, check_choice, to_unit_range
+from datamodules.base import SonoDataModule, check_choice, to_unit_range
 from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
 from datamodules.errors import DataError
 from datamodules.flow import FlowParams
@@ -211,11 +211,6 @@ class VideoClipDataModule(SonoDataModule):
 
     def __init__(
         self,
-        root: str = "data/synthetic-demo",
-        synthetic: str | None = "demo",
-        synthetic_seed: int = 0,
-        image_size: ImageSize = 128,
-        channels: int = 1,
         num_frames: int = 8,
         frame_interval: int = 8,
         modalities: list[str] | None = None,
@@ -237,31 +232,10 @@ class VideoClipDataModule(SonoDataModule):
         subset_seed: int = 0,
         flow_median_ksize: int = 21,
         flow_winsize: int = 3,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        cache_dir: str | None = None,
-        skip_invalid: bool = False,
-        cache_workers: int = 0,
-        revalidate: bool = False,
         targets: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            synthetic=synthetic,
-            synthetic_seed=synthetic_seed,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            cache_dir=cache_dir,
-            skip_invalid=skip_invalid,
-            cache_workers=cache_workers,
-            revalidate=revalidate,
-        )
+        super().__init__(**kwargs)
         if num_frames < 1 or frame_interval < 1:
             raise ValueError(
                 f"num_frames and frame_interval must be >= 1, got {num_frames}, {frame_interval}"

@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import ImageSize, SonoDataModule, check_choice, to_unit_range
+from datamodules.base import SonoDataModule, check_choice, to_unit_range
 from datamodules.errors import DataError
 from datamodules.manifest import ImageRecord, PairRecord
 from datamodules.pseudo_labels import DatasetPseudoLabels, PseudoLabelSpec, dataset_pseudo_labels
@@ -131,39 +131,14 @@ class ImageDataModule(SonoDataModule):
 
     def __init__(
         self,
-        root: str = "data/synthetic-demo",
-        synthetic: str | None = "demo",
-        synthetic_seed: int = 0,
-        image_size: ImageSize = 128,
-        channels: int = 1,
         planes: list[str] | None = None,
         eval_on: str = "pairs",
         predict_splits: list[str] | None = None,
         pseudo_labels: PseudoLabelSpec | None = None,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        cache_dir: str | None = None,
-        skip_invalid: bool = False,
-        cache_workers: int = 0,
-        revalidate: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            synthetic=synthetic,
-            synthetic_seed=synthetic_seed,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            cache_dir=cache_dir,
-            skip_invalid=skip_invalid,
-            cache_workers=cache_workers,
-            revalidate=revalidate,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         self.planes = list(planes) if planes is not None else None
         self.eval_on = check_choice("data.init_args.eval_on", eval_on, EVAL_MODES)
         self.required_manifests = ("images", "pairs") if eval_on == "pairs" else ("images",)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import ImageSize, SonoDataModule, to_unit_range
+from datamodules.base import SonoDataModule, to_unit_range
 from datamodules.cache import CacheParams, CacheView, ClipCache, ClipSpec
 from datamodules.clips import ClipFilter
 from datamodules.manifest import Manifests
@@ -112,11 +112,6 @@ class SaliencySequenceDataModule(SonoDataModule):
 
     def __init__(
         self,
-        root: str = "data/synthetic-demo",
-        synthetic: str | None = "demo",
-        synthetic_seed: int = 0,
-        image_size: ImageSize = 128,
-        channels: int = 1,
         num_before: int = 6,
         num_after: int = 0,
         frame_interval: int = 1,
@@ -127,29 +122,9 @@ class SaliencySequenceDataModule(SonoDataModule):
         classes: list[str] | None = None,
         gaze_sigma: float = 8.0,
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        cache_dir: str | None = None,
-        skip_invalid: bool = False,
-        cache_workers: int = 0,
-        revalidate: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            synthetic=synthetic,
-            synthetic_seed=synthetic_seed,
-            image_size=image_size,
-            channels=channels,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            cache_dir=cache_dir,
-            skip_invalid=skip_invalid,
-            cache_workers=cache_workers,
-            revalidate=revalidate,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         if num_before < 0 or num_after < 0 or frame_interval < 1 or target_stride < 1:
             raise ValueError(
                 "num_before/num_after must be >= 0 and frame_interval/target_stride >= 1, got "

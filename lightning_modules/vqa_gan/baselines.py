@@ -34,65 +34,14 @@ class ImageQualityGAN(VideoQualityGAN):
     Takes VideoQualityGAN's arguments except the modality ones (flow and gaze are off by definition).
     """
 
-    def __init__(
-        self,
-        image_size: int | list[int] = 256,
-        in_channels: int = 1,
-        num_frames: int = 8,
-        ngf: int = 32,
-        max_channels: int = 256,
-        feature_dim: int = 1024,
-        ndf: int = 64,
-        d_layers: int | None = None,
-        norm: str = "instance",
-        w_adv: float = 1.0,
-        w_rec: float = 10.0,
-        lr: float = 2e-4,
-        beta1: float = 0.5,
-        beta2: float = 0.999,
-        n_constant_epochs: int = 100,
-        n_decay_epochs: int = 100,
-        pool_size: int = 50,
-        init_std: float = 0.02,
-        use_zoom: bool = True,
-        zoom_checkpoint: str | None = "auto",
-        zoom_pretraining: list[str] | None = None,
-        zoom_s_min: float = 0.25,
-        zoom_localizer_size: int | None = None,
-        zoom_frame_index: int = -1,
-        normal_label: str = "transventricular",
-        score: str = "feature",
-    ) -> None:
-        super().__init__(
-            image_size=image_size,
-            in_channels=in_channels,
-            num_frames=num_frames,
-            use_flow=False,
-            w_gaze=0.0,
-            ngf=ngf,
-            max_channels=max_channels,
-            feature_dim=feature_dim,
-            ndf=ndf,
-            d_layers=d_layers,
-            norm=norm,
-            w_adv=w_adv,
-            w_rec=w_rec,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            n_constant_epochs=n_constant_epochs,
-            n_decay_epochs=n_decay_epochs,
-            pool_size=pool_size,
-            init_std=init_std,
-            use_zoom=use_zoom,
-            zoom_checkpoint=zoom_checkpoint,
-            zoom_pretraining=zoom_pretraining,
-            zoom_s_min=zoom_s_min,
-            zoom_localizer_size=zoom_localizer_size,
-            zoom_frame_index=zoom_frame_index,
-            normal_label=normal_label,
-            score=score,
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        modality = sorted({"use_flow", "w_gaze"} & kwargs.keys())
+        if modality:
+            raise ValueError(
+                f"ImageQualityGAN sees a single frame, with no flow and no gaze: drop {modality} (its other "
+                "arguments are VideoQualityGAN's)"
+            )
+        super().__init__(use_flow=False, w_gaze=0.0, **kwargs)
         self.save_hyperparameters()  # only this class's arguments, so its checkpoints reload as this class
 
     def encoder_frames(self) -> int:
