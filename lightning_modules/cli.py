@@ -454,6 +454,15 @@ class SonolabCLI(LightningCLI):
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(hasattr(p, "save_checkpoint") for p in plugins):
             plugins.append(AtomicCheckpointIO())
+        if trainer_cfg.get("strategy") == "ddp" and getattr(self.model, "ddp_find_unused_parameters", False):
+            # e.g. the GANs: each optimiser step uses a part of the parameters (Lightning's public strategy name)
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
+            if process_rank() == 0:
+                print(
+                    f"{type(self.model).__name__}: --trainer.strategy=ddp runs as ddp_find_unused_parameters_true "
+                    "(each of its optimiser steps uses a part of the parameters)",
+                    flush=True,
+                )
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         identity = getattr(self, "identity", None)  # None when built without a subcommand (run=False)
         for callback in trainer.checkpoint_callbacks:

@@ -139,14 +139,14 @@ class QualityAnomalyModule(LightningModule):
         self,
         image_size: int | list[int],
         in_channels: int,
-        use_zoom: bool,
-        zoom_checkpoint: str | None,
-        zoom_pretraining: list[str] | None,
-        zoom_s_min: float,
-        zoom_localizer_size: int | None,
-        zoom_frame_index: int,
-        normal_label: str,
         score: str,
+        use_zoom: bool = True,
+        zoom_checkpoint: str | None = "auto",
+        zoom_pretraining: list[str] | None = None,
+        zoom_s_min: float = 0.25,
+        zoom_localizer_size: int | None = None,
+        zoom_frame_index: int = -1,
+        normal_label: str = "transventricular",
     ) -> None:
         super().__init__()
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)

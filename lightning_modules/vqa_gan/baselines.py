@@ -93,27 +93,10 @@ class STAEBaseline(QualityAnomalyModule):
         n_constant_epochs: int = 100,
         n_decay_epochs: int = 100,
         init_std: float = 0.02,
-        use_zoom: bool = True,
-        zoom_checkpoint: str | None = "auto",
-        zoom_pretraining: list[str] | None = None,
-        zoom_s_min: float = 0.25,
-        zoom_localizer_size: int | None = None,
-        zoom_frame_index: int = -1,
-        normal_label: str = "transventricular",
         score: str = "total",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            in_channels=in_channels,
-            use_zoom=use_zoom,
-            zoom_checkpoint=zoom_checkpoint,
-            zoom_pretraining=zoom_pretraining,
-            zoom_s_min=zoom_s_min,
-            zoom_localizer_size=zoom_localizer_size,
-            zoom_frame_index=zoom_frame_index,
-            normal_label=normal_label,
-            score=score,
-        )
+        super().__init__(image_size=image_size, in_channels=in_channels, score=score, **kwargs)
         self.save_hyperparameters()
         self.num_frames = int(num_frames)
         self.num_future = int(num_future) if num_future is not None else self.num_frames // 2

@@ -14,8 +14,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch import LightningModule
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LRScheduler
@@ -51,29 +50,6 @@ class ModelInputs(TypedDict):
 
 
 GAZE_LOSSES = ("l1", "mse")
-
-
-def enable_ddp_unused_parameters(strategy: Any) -> None:
-    """Turn on DDP's ``find_unused_parameters`` before the model is wrapped.
-
-    The generator step leaves the discriminators without gradients and the discriminator step leaves the
-    generator without (``toggle_optimizer``), so each backward uses part of the parameters; DDP must
-    then be told to find the unused ones, or its reducer stops at the second backward. Lightning calls
-    ``setup`` before it wraps the model, so ``--trainer.strategy=ddp`` works as is.
-    """
-    if not isinstance(strategy, DDPStrategy):
-        return
-    kwargs = getattr(strategy, "_ddp_kwargs", None)
-    if not isinstance(kwargs, dict):
-        raise RuntimeError(
-            "VideoQualityGAN under DDP needs find_unused_parameters=True and this Lightning version does "
-            "not expose it: use --trainer.strategy=ddp_find_unused_parameters_true"
-        )
-    if not kwargs.get("find_unused_parameters", False):
-        kwargs["find_unused_parameters"] = True
-        rank_zero_info(
-            "DDP: find_unused_parameters turned on (the G and D steps each use a part of the parameters)"
-        )
 
 
 def fused_adam(params: list[torch.nn.Parameter], **kwargs: Any) -> Adam:
@@ -122,6 +98,10 @@ class VideoQualityGAN(QualityAnomalyModule):
     """
 
     score_names = ("feature", "l1", "ssim")
+    # The G step leaves the discriminators without gradients and the D step the generator, so DDP must find
+    # the unused parameters: the CLI runs `--trainer.strategy=ddp` as Lightning's registered
+    # `ddp_find_unused_parameters_true` for every module that says so here.
+    ddp_find_unused_parameters = True
 
     def __init__(
         self,
@@ -148,27 +128,10 @@ class VideoQualityGAN(QualityAnomalyModule):
         n_decay_epochs: int = 100,
         pool_size: int = 50,
         init_std: float = 0.02,
-        use_zoom: bool = True,
-        zoom_checkpoint: str | None = "auto",
-        zoom_pretraining: list[str] | None = None,
-        zoom_s_min: float = 0.25,
-        zoom_localizer_size: int | None = None,
-        zoom_frame_index: int = -1,
-        normal_label: str = "transventricular",
         score: str = "feature",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            in_channels=in_channels,
-            use_zoom=use_zoom,
-            zoom_checkpoint=zoom_checkpoint,
-            zoom_pretraining=zoom_pretraining,
-            zoom_s_min=zoom_s_min,
-            zoom_localizer_size=zoom_localizer_size,
-            zoom_frame_index=zoom_frame_index,
-            normal_label=normal_label,
-            score=score,
-        )
+        super().__init__(image_size=image_size, in_channels=in_channels, score=score, **kwargs)
         self.save_hyperparameters()
         self.automatic_optimization = False
         if w_gaze < 0 or w_adv < 0 or w_rec < 0:
@@ -249,11 +212,6 @@ class VideoQualityGAN(QualityAnomalyModule):
                     f"w_gaze={self.w_gaze} > 0 trains a gaze decoder: add 'gaze' to "
                     f"data.init_args.modalities (got {sorted(modalities)}) or set model.init_args.w_gaze=0"
                 )
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit":
-            enable_ddp_unused_parameters(self.trainer.strategy)
 
     def uses_cached_color_flow(self) -> bool:
         """``flow_encoding: color`` without the zoom-in can take the cache's colour flow image (the data

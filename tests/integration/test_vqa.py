@@ -258,4 +258,4 @@ def test_ddp_two_cpu_processes(run_cli_subprocess, tiny_dataset, configs_dir, zo
             "--trainer.accelerator=cpu",
         ]
     )
-    assert "find_unused_parameters turned on" in proc.stdout + proc.stderr
+    assert "runs as ddp_find_unused_parameters_true" in proc.stdout + proc.stderr
