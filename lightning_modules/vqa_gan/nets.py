@@ -29,9 +29,6 @@ Networks
 ``STAE``
     spatio-temporal autoencoder baseline (Zhao et al., ACM MM 2017): shared 3-D conv encoder, a
     reconstruction decoder (T frames) and a future-prediction decoder (the next P frames).
-``ImageAutoencoder``
-    the image-only baseline: 2-D encoder/decoder of the same style on one frame (the freeze frame),
-    scored by feature reconstruction like the main model.
 
 ``init_weights(module, std=0.02)`` draws conv / linear weights from N(0, std) (biases 0, affine norm
 weights N(1, std)), as the official code does.
@@ -51,9 +48,6 @@ from torch.nn.utils.parametrizations import spectral_norm
 __all__ = [
     "STAE",
     "FeatureDiscriminator",
-    "ImageAutoencoder",
-    "ImageDecoder",
-    "ImageEncoder",
     "VideoDecoder",
     "VideoDiscriminator",
     "VideoEncoder",
@@ -511,125 +505,3 @@ class STAE(nn.Module):
             else self.time_map(h.transpose(2, -1)).transpose(2, -1)
         )
         return recon, self.pred_decoder(h_future)
-
-
-class ImageEncoder(nn.Module):
-    """2-D encoder of the VQA style: ``B×C×H×W`` → ``B×feature_dim``; log2(H) layers k4 s2 p1, widths
-    ``min(ngf·2^i, max_channels)``, no norm after the first, linear last layer."""
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        image_size: int = 256,
-        ngf: int = 32,
-        max_channels: int = 256,
-        feature_dim: int = 1024,
-        norm: str = "instance",
-    ) -> None:
-        super().__init__()
-        n_layers = _log2_exact(int(image_size))
-        if not n_layers:
-            raise ValueError(f"image_size={image_size} must be a power of two >= 2 to reach 1×1")
-        self.in_channels, self.image_size, self.feature_dim = (
-            int(in_channels),
-            int(image_size),
-            int(feature_dim),
-        )
-        self.widths = _widths(n_layers, ngf, max_channels, feature_dim)
-        layers: list[nn.Module] = []
-        prev = self.in_channels
-        for i, width in enumerate(self.widths):
-            last = i == n_layers - 1
-            layers.append(nn.Conv2d(prev, width, 4, 2, 1, bias=last or i == 0 or norm != "batch"))
-            if not last:
-                if i > 0:
-                    layers.append(_norm(norm, width, 2))
-                layers.append(nn.LeakyReLU(0.2, inplace=True))
-            prev = width
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, image: Tensor) -> Tensor:
-        s = self.image_size
-        if image.dim() != 4 or tuple(image.shape[1:]) != (self.in_channels, s, s):
-            raise ValueError(
-                f"ImageEncoder expects B×{self.in_channels}×{s}×{s} images, got {tuple(image.shape)}"
-            )
-        return self.net(image).flatten(1)
-
-
-class ImageDecoder(nn.Module):
-    """Mirror of :class:`ImageEncoder` with ConvTranspose2d: ``B×feature_dim`` → ``B×C×H×W``, tanh."""
-
-    def __init__(
-        self,
-        out_channels: int = 1,
-        image_size: int = 256,
-        ngf: int = 32,
-        max_channels: int = 256,
-        feature_dim: int = 1024,
-        norm: str = "instance",
-        output: str = "tanh",
-    ) -> None:
-        super().__init__()
-        n_layers = _log2_exact(int(image_size))
-        if not n_layers:
-            raise ValueError(f"image_size={image_size} must be a power of two >= 2 to reach 1×1")
-        if output not in _OUTPUTS:
-            raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
-        self.out_channels, self.image_size, self.feature_dim = (
-            int(out_channels),
-            int(image_size),
-            int(feature_dim),
-        )
-        self.output = output
-        chans = [self.out_channels, *_widths(n_layers, ngf, max_channels, feature_dim)][::-1]
-        layers: list[nn.Module] = []
-        for j in range(n_layers):
-            last = j == n_layers - 1
-            layers.append(nn.ConvTranspose2d(chans[j], chans[j + 1], 4, 2, 1, bias=last or norm != "batch"))
-            if not last:
-                layers += [_norm(norm, chans[j + 1], 2), nn.LeakyReLU(0.2, inplace=True)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        z = _as_feature(z, self.feature_dim)
-        return _output_activation(self.net(z.reshape(*z.shape, 1, 1)), self.output)
-
-
-class ImageAutoencoder(nn.Module):
-    """Image-only baseline on a single frame (the freeze frame): ``encoder`` (:class:`ImageEncoder`)
-    and ``decoder`` (:class:`ImageDecoder`) around a ``feature_dim`` bottleneck.
-
-    ``forward(image) -> (recon, z)``; ``score(image) -> B`` is the feature reconstruction error
-    ``mean |E(x) − E(G(E(x)))|`` used to rank anomalies, as for the video model. For adversarial
-    training the video discriminators apply unchanged: ``FeatureDiscriminator`` on ``z`` and
-    ``VideoDiscriminator(num_frames=1)`` on ``image.unsqueeze(2)``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        image_size: int = 256,
-        ngf: int = 32,
-        max_channels: int = 256,
-        feature_dim: int = 1024,
-        norm: str = "instance",
-    ) -> None:
-        super().__init__()
-        self.feature_dim = int(feature_dim)
-        self.encoder = ImageEncoder(in_channels, image_size, ngf, max_channels, feature_dim, norm)
-        self.decoder = ImageDecoder(in_channels, image_size, ngf, max_channels, feature_dim, norm)
-
-    def encode(self, image: Tensor) -> Tensor:
-        return self.encoder(image)
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(z)
-
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.encoder(image)
-        return self.decoder(z), z
-
-    def score(self, image: Tensor) -> Tensor:
-        z = self.encoder(image)
-        return (z - self.encoder(self.decoder(z))).abs().mean(dim=1)

@@ -10,7 +10,6 @@ from torch.nn.utils import parametrize
 from lightning_modules.vqa_gan.nets import (
     STAE,
     FeatureDiscriminator,
-    ImageAutoencoder,
     VideoDecoder,
     VideoDiscriminator,
     VideoEncoder,
@@ -239,22 +238,6 @@ def test_stae_shapes(t, p):
     (recon.mean() + pred.mean()).backward()
     with pytest.raises(ValueError, match="divisible"):
         model(torch.zeros(1, 1, t, 36, 36))
-
-
-def test_image_autoencoder_shapes_and_score():
-    torch.manual_seed(0)
-    model = ImageAutoencoder(in_channels=1, image_size=32)
-    x = torch.rand(3, 1, 32, 32) * 2 - 1
-    recon, z = model(x)
-    assert recon.shape == x.shape and z.shape == (3, 1024)
-    assert recon.abs().max() <= 1
-    assert len(_convs(model.encoder, nn.Conv2d)) == 5
-    score = model.score(x)
-    assert score.shape == (3,) and (score >= 0).all()
-    with pytest.raises(ValueError, match="power of two"):
-        ImageAutoencoder(image_size=48)
-    # the video discriminators apply to single frames
-    assert VideoDiscriminator(num_frames=1, image_size=32)(recon.unsqueeze(2)).shape[:2] == (3, 1)
 
 
 def test_bf16_autocast_forward_backward():
