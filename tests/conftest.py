@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -24,6 +25,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.heavy)
 
 
+def _resident_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+TRIM_ABOVE_MB = float(os.environ.get("SONOLAB_TEST_TRIM_MB", "2048"))
+
+
+@pytest.fixture(autouse=True)
+def released_memory():
+    """After a test that leaves the process above TRIM_ABOVE_MB resident: collect garbage and return freed
+    heap pages to the OS (glibc keeps them otherwise, so a one-process run of hundreds of trainings would
+    hold every test's high-water mark). Below it nothing is done: a trim costs about a second."""
+    yield
+    if not Path("/proc/self/statm").is_file() or _resident_mb() < TRIM_ABOVE_MB:
+        return
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """With SONOLAB_TEST_REPORT=<file>: one JSON line per test with its wall time, the process's resident
@@ -38,11 +62,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
     start = time.perf_counter()
     yield
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
     record = {
         "test": item.nodeid,
         "seconds": round(time.perf_counter() - start, 2),
-        "rss_mb": round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20),
+        "rss_mb": round(_resident_mb()),
         "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     with open(path, "a") as handle:
