@@ -23,7 +23,10 @@ __all__ = ["PlaneClassifierModule"]
 class PlaneClassifierModule(LightningModule):
     """Plane classifier trained on the plane labels of images.csv; its backbone is an embedding for pseudo-labels.
 
-    Use with ``ImageDataModule(eval_on="images")`` (val/test batches are images with plane labels).
+    Use with ``ImageDataModule(eval_on="images")`` (val/test batches are images with plane labels). Not to
+    be confused with :class:`lightning_modules.finetune.module.PlaneDetection`, the DualRepSSL paper's
+    downstream task (its pretrained encoder fine-tuned on labelled video clips): this one exists to give
+    CRL-UIQA an embedding, from still images, with a timm backbone.
 
     Args:
         image_size, in_channels: linked from the DataModule.

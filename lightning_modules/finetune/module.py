@@ -106,6 +106,10 @@ def _item_ids(batch: dict[str, Any]) -> list[str]:
 class PlaneDetection(_EncoderFinetune):
     """Standard-plane detection from frames (``input: image``) or clips (``input: video``).
 
+    The DualRepSSL paper's downstream task (Table 1): its pretrained encoder fine-tuned on labelled clips.
+    CRL-UIQA's embedding model is a different one, on still images:
+    :class:`lightning_modules.crl_uiqa.plane_classifier.PlaneClassifierModule`.
+
     Args:
         image_size, in_channels: linked from the DataModule.
         input: "image" (a frame: the data's ``image`` modality) or "video" (the clip).
