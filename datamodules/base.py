@@ -66,6 +66,9 @@ class SonoDataModule(LightningDataModule):
         revalidate: validate every medium again even when the dataset is unchanged since its last
             validation (whose result is cached under `cache_dir`, keyed by the dataset's manifests, media
             sizes and mtimes, and the validation parameters).
+        prepare_data_per_node: True: each node's first process validates and builds the caches (local
+            disks); False: only the job's first process does, the others wait (a filesystem every node
+            shares: one build). Concurrent builds of one cache are safe either way.
     """
 
     required_manifests: tuple[str, ...] = ("scans", "clips")
@@ -85,8 +88,10 @@ class SonoDataModule(LightningDataModule):
         skip_invalid: bool = False,
         cache_workers: int = 0,
         revalidate: bool = False,
+        prepare_data_per_node: bool = True,
     ) -> None:
         super().__init__()
+        self.prepare_data_per_node = prepare_data_per_node
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         if batch_size < 1:

@@ -505,7 +505,8 @@ class ClipCache:
                 os.replace(tmp, self.path)
                 return
             except OSError:
-                if self.is_complete():  # another process won the race: keep theirs
+                if self.is_complete():  # another process won the race: keep theirs, drop ours
+                    shutil.rmtree(tmp, ignore_errors=True)
                     return
                 if self.path.exists():  # an incomplete final dir can only come from outside meddling
                     shutil.rmtree(self.path, ignore_errors=True)

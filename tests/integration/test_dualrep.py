@@ -280,12 +280,10 @@ def test_pretrained_auto_pretrains_once_and_rows_share_it(
     assert pretraining["data"]["init_args"]["root"] == str(tiny_dataset), "on the run's own data"
     assert first.model.initialisation == "ssl" and first.model.hparams.pretrained == record["checkpoint"]
     saved = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-    torch.testing.assert_close(
-        first.model.encoder.backbone.conv1.weight,
-        saved["net.image_encoder.backbone.conv1.weight"],
-        atol=2e-4,  # one Adam step of lr 1e-4 away
-        rtol=0,
-    )
+    loaded = first.model.encoder.backbone.conv1.weight.detach()
+    pretrained = saved["net.image_encoder.backbone.conv1.weight"]
+    # a fine-tuning step of lr 1e-4 away from the pretrained weights, far from any other initialisation
+    assert (loaded - pretrained).abs().max() < 1e-3 < (loaded - torch.randn_like(loaded) * 0.1).abs().max()
 
     second = run_cli([*plane, "--seed_everything=1"])
     assert "pretrained earlier" in capsys.readouterr().out

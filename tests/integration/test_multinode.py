@@ -95,6 +95,7 @@ def test_vqa_two_nodes(tiny_dataset, tmp_path):
         "--trainer.accelerator=cpu",
         "--trainer.precision=32-true",
         "--seed_everything=0",
+        "--data.init_args.prepare_data_per_node=false",  # the "nodes" share this filesystem: one build
     ]
     two_nodes(["test", *base, "--run_id=two-nodes"], tmp_path, cache)
     built = _cache_dirs(cache)
@@ -131,6 +132,7 @@ def test_dualrep_two_nodes(tiny_dataset, tmp_path):
         "--trainer.accelerator=cpu",
         "--trainer.precision=32-true",
         "--seed_everything=0",
+        "--data.init_args.prepare_data_per_node=false",
     ]
     two_nodes(["test", *base, "--run_id=two-nodes"], tmp_path, cache)
     built = _cache_dirs(cache)
