@@ -17,14 +17,13 @@ with ``python -m datamodules.split`` (subject-wise), as the VQA README's "Your o
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.errors import DataError
-from datamodules.manifest import MANIFEST_FILES, SPLITS, TableError, read_table
+from datamodules.manifest import MANIFEST_FILES, SPLITS, TableError, read_table, write_new_csv
 from datamodules.readers import MediaError, probe_video
 
 __all__ = ["VIDEO_SUFFIXES", "import_videos", "main"]
@@ -163,10 +162,7 @@ def import_videos(
         raise DataError(f"{labels}: no rows (one row per video: {file_column}, {quality_column}, ...)")
     out.mkdir(parents=True, exist_ok=True)
     for path, columns, rows in ((targets[0], SCAN_COLUMNS, scans), (targets[1], CLIP_COLUMNS, clips)):
-        with open(path, "x", newline="", encoding="utf-8") as fh:  # exclusive: never replaces a file
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_new_csv(path, columns, rows)
     listed = {(videos / r[file_column]).resolve() for _, r in table.rows if r[file_column]}
     unlisted = [
         p

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -574,3 +574,13 @@ def _normpath(path: Path) -> str:
     import os
 
     return os.path.normpath(os.path.abspath(path))
+
+
+def write_new_csv(
+    path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, object]], lineterminator: str = "\r\n"
+) -> None:
+    """A manifest written as a new file: an existing ``path`` is never replaced (FileExistsError)."""
+    with open(path, "x", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator=lineterminator)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -32,7 +32,6 @@ images without a mask are listed as a warning.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -44,7 +43,7 @@ import cv2
 import numpy as np
 
 from datamodules.errors import DataError
-from datamodules.manifest import MANIFEST_FILES, SPLITS, TableError, read_table, resolve_path
+from datamodules.manifest import MANIFEST_FILES, SPLITS, TableError, read_table, resolve_path, write_new_csv
 from datamodules.readers import IMAGE_SUFFIXES
 from datamodules.split import deal, parse_ratios
 
@@ -282,10 +281,7 @@ def _listing(items: list[str], first: int = 10) -> str:
 
 
 def _write(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
-    with open(path, "x", newline="", encoding="utf-8") as fh:  # exclusive: never replaces a file
-        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_new_csv(path, columns, rows, lineterminator="\n")
 
 
 def main(argv: list[str] | None = None) -> int:

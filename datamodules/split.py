@@ -21,7 +21,6 @@ stratum is spread over the splits in proportion.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections import Counter, defaultdict
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.errors import DataError
-from datamodules.manifest import MANIFEST_FILES, SPLITS, Table, TableError, read_table
+from datamodules.manifest import MANIFEST_FILES, SPLITS, Table, TableError, read_table, write_new_csv
 
 BY = ("subject", "scan")
 STRATIFY = ("label", "quality", "none")
@@ -167,11 +166,7 @@ def write_manifest(table: Table, lines: dict[int, str], out: Path) -> None:
     """The table with its split column set, created exclusively: an existing ``out`` is never replaced."""
     columns = list(table.columns) + ([] if "split" in table.columns else ["split"])
     try:
-        with open(out, "x", newline="", encoding="utf-8") as fh:  # exclusive: never replaces a file
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            for line, row in table.rows:
-                writer.writerow({**row, "split": lines[line]})
+        write_new_csv(out, columns, ({**row, "split": lines[line]} for line, row in table.rows))
     except FileExistsError:
         raise DataError(
             f"{out} exists: give --out a new file (your manifests are never overwritten)"
