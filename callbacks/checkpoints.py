@@ -32,22 +32,25 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_modules.common.runs import LAST_NAME, run_directory
+from lightning_modules.common.runs import LAST_NAME, atomic_write, run_directory
 
 __all__ = ["AtomicCheckpointIO", "BestCheckpoint", "LastCheckpoint", "RandomState"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.partial`` in the same folder, then an atomic rename onto the name."""
+    """``torch.save`` streamed into a temporary file in the same folder, then an atomic rename onto the name.
+
+    Lightning's own writer serialises the whole checkpoint into memory before writing it, which doubles a
+    run's peak memory at every save (1.5 GB more for DualRepSSL's weights and Adam state); streaming to the
+    file does not, and the rename keeps the file whole.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (it writes local files)")
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 class BestCheckpoint(ModelCheckpoint):

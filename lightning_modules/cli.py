@@ -25,6 +25,7 @@ mode, so ``${...}`` interpolation works across stacked configs and overrides. On
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import errno
 import json
@@ -489,7 +490,10 @@ class SonolabCLI(LightningCLI):
     def _call(self, method: Any, kwargs: dict[str, Any]) -> Any:
         try:
             with _shared_run_id(self.identity.run_id):
-                return method(**_weights_only(kwargs))
+                # In an empty context: jsonargparse leaves its parser (and through it this CLI: model,
+                # optimiser, data) in a context variable, and W&B's service thread, started during the
+                # run, keeps a copy of the context for the life of the process.
+                return contextvars.Context().run(method, **_weights_only(kwargs))
         except BaseException:
             self._forget_failed_start()
             raise
@@ -603,7 +607,10 @@ def main(args: list[str] | None = None) -> SonolabCLI:
     """Build and run the CLI; returns it (for tests and notebooks). The console scripts call :func:`run`."""
     default_wandb_mode()
     configure_interpolation()
-    return SonolabCLI(
+    # Parsed in a copy of the caller's context, which the parser's context variables then leave clean: a
+    # process that runs several commands (a study, `pretrained: auto`, tests) frees each one's model.
+    return contextvars.copy_context().run(
+        SonolabCLI,
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

@@ -32,12 +32,10 @@ def _resident_mb() -> float:
 TRIM_ABOVE_MB = float(os.environ.get("SONOLAB_TEST_TRIM_MB", "2048"))
 
 
-@pytest.fixture(autouse=True)
-def released_memory():
-    """After a test that leaves the process above TRIM_ABOVE_MB resident: collect garbage and return freed
-    heap pages to the OS (glibc keeps them otherwise, so a one-process run of hundreds of trainings would
-    hold every test's high-water mark). Below it nothing is done: a trim costs about a second."""
-    yield
+def release_memory() -> None:
+    """Above TRIM_ABOVE_MB resident: collect garbage and return freed heap pages to the OS (glibc keeps
+    them otherwise, so a one-process run of hundreds of trainings would hold every run's high-water mark).
+    Below it nothing is done: a trim costs about a second."""
     if not Path("/proc/self/statm").is_file() or _resident_mb() < TRIM_ABOVE_MB:
         return
     import ctypes
@@ -46,6 +44,13 @@ def released_memory():
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@pytest.fixture(autouse=True)
+def released_memory():
+    """Memory released after every test (and before every CLI run of :func:`run_cli`)."""
+    yield
+    release_memory()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -109,6 +114,7 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
 
     def run(args: list[str]):
+        release_memory()  # what the test's previous runs freed (drop their CLI objects first: `del cli`)
         return main([str(a) for a in args])
 
     return run

@@ -20,6 +20,7 @@ import fnmatch
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeGuard
@@ -59,7 +60,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Accepted layouts: a plain ``{name: tensor}`` dict; a dict with the state dict under ``"state_dict"``
     (Lightning checkpoint), ``"model"`` (PANNs, many research repos), ``"model_state_dict"`` or
     ``"state_dict_ema"`` (first one present that is a state dict wins). Non-tensor entries of a plain dict
-    are an error. The file is read with ``weights_only=True`` on the CPU.
+    are an error. The file is read with ``weights_only=True`` on the CPU, memory-mapped (torch's zip format).
 
     Raises:
         FileNotFoundError: the file does not exist (message names it).
@@ -70,7 +71,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped where the format allows: only the tensors a caller loads are read, so taking one
+        # encoder out of a pretraining checkpoint does not hold its other weights and optimiser state
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         raise RuntimeError(
             f"could not read weights file {path} with torch.load(weights_only=True): {e}. "

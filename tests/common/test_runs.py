@@ -4,6 +4,7 @@ output root, real seeds, and `lightning fit --config configs/vqa.yaml` working o
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -294,6 +295,41 @@ def test_seed_everything_true_draws_a_seed_and_saves_it(tiny_dataset, tmp_path):
         seeds.append(yaml.safe_load(config.read_text())["seed_everything"])
     assert len(seeds) == 2 and all(isinstance(s, int) for s in seeds)
     assert seeds[0] != seeds[1]
+
+
+def test_a_finished_run_frees_its_model_in_a_long_lived_process(tiny_dataset, tmp_path, monkeypatch):
+    """Studies, `pretrained: auto` and notebooks run several commands in one process: once the caller
+    drops the CLI, its model (and optimiser) is freed, W&B logging (offline) included. The config
+    parser's context variables and W&B's service thread used to keep the first and the latest run alive."""
+    import gc
+    import weakref
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    args = [*configs("clstm_unet.yaml"), *tiny_data(tiny_dataset), "--trainer.max_epochs=1"]
+    args += ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    models = []
+    for _ in range(2):
+        cli = main(["fit", *args])
+        assert cli.trainer.global_step == 1
+        models.append(weakref.ref(cli.model))
+        del cli
+    gc.collect()
+    assert [m() for m in models] == [None, None]
+
+
+def test_checkpoint_write_that_fails_keeps_the_previous_file(tmp_path):
+    """Checkpoints are streamed to a temporary file and renamed: a failed write leaves the old file whole
+    and no temporary file behind."""
+    from callbacks.checkpoints import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.arange(3.0)}}, path)
+    with pytest.raises(pickle.PicklingError):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "hook": lambda: None}, path)  # unpicklable
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]["w"]
+    assert saved.tolist() == [0.0, 1.0, 2.0]
 
 
 def test_failed_start_leaves_no_run_folder(tiny_dataset, tmp_path, monkeypatch):

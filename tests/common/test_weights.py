@@ -44,6 +44,16 @@ def test_plain_state_dict_round_trip(tmp_path):
     _assert_same(src, dst)
 
 
+def test_legacy_format_file_loads(tmp_path):
+    """Old research checkpoints use torch's pre-zip format, which cannot be memory-mapped: read normally."""
+    src = _filled(2)
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": src.state_dict()}, path, _use_new_zipfile_serialization=False)
+    dst = Tiny()
+    assert load_weights(dst, path) == ([], [])
+    _assert_same(src, dst)
+
+
 @pytest.mark.parametrize("container", ["state_dict", "model"])
 def test_nested_containers(tmp_path, container):
     src = _filled(2)

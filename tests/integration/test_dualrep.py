@@ -32,6 +32,9 @@ def _tiny_clips(root: Path) -> list[str]:
     return [*tiny_data(root), "--data.init_args.num_frames=4", "--data.init_args.frame_interval=4"]
 
 
+LAYER3_CONV2 = "net.image_encoder.backbone.layer3.0.conv2.weight"
+
+
 def _finite(metrics, *names: str) -> None:
     for name in names:
         assert name in metrics, f"{name} not logged; logged: {sorted(metrics)}"
@@ -55,14 +58,17 @@ def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, t
     _finite(
         cli.trainer.callback_metrics, "train/loss", "val/loss", "val/va_R@1", "val/vi_R@5", "val/batch_va_R@1"
     )
+    del cli  # each run's model and optimiser are freed before the next run builds its own (test memory)
     (ckpt,) = tmp_path.glob("runs/sonolab-dualrep/*/checkpoints/last.ckpt")
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    saved = {k: state[k] for k in ("net.image_encoder.backbone.conv1.weight", LAYER3_CONV2)}
+    del state
 
     # validate / test / predict of the pretraining config
-    cli = run_cli(["validate", *pre, "--trainer.fast_dev_run=1"])
-    _finite(cli.trainer.callback_metrics, "val/loss", "val/vi_R@1")
-    cli = run_cli(["test", *pre, "--trainer.fast_dev_run=1"])
-    _finite(cli.trainer.callback_metrics, "test/loss", "test/mmcl", "test/mmsl", "test/va_R@5")
+    metrics = run_cli(["validate", *pre, "--trainer.fast_dev_run=1"]).trainer.callback_metrics
+    _finite(metrics, "val/loss", "val/vi_R@1")
+    metrics = run_cli(["test", *pre, "--trainer.fast_dev_run=1"]).trainer.callback_metrics
+    _finite(metrics, "test/loss", "test/mmcl", "test/mmsl", "test/va_R@5")
     run_cli(["predict", *pre, "--trainer.fast_dev_run=1", f"--ckpt_path={ckpt}"])
     (emb_path,) = tmp_path.glob("**/embeddings.npz")
     with np.load(emb_path) as emb:
@@ -91,6 +97,7 @@ def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, t
         atol=2e-4,
         rtol=0,
     )
+    del cli
 
     # fine-tune: saliency, pretrained path given explicitly
     sal = [
@@ -104,7 +111,7 @@ def test_pretrain_then_finetune_both_tasks(run_cli, tiny_dataset, configs_dir, t
     _finite(cli.trainer.callback_metrics, "train/loss", "val/kld", "val/sim", "val/cc", "val/nss")
     torch.testing.assert_close(
         cli.model.encoder.backbone.layer3[0].conv2.weight,
-        saved["net.image_encoder.backbone.layer3.0.conv2.weight"],
+        saved[LAYER3_CONV2],
         atol=2e-4,
         rtol=0,
     )
@@ -165,7 +172,11 @@ def test_fit_every_pretraining_overlay(run_cli, tiny_dataset, configs_dir, overl
     The demo run is the bf16-mixed one: two steps, and every weight still finite afterwards (the CPU bf16
     Conv3d weight-gradient bug that LowPrecisionSafeConv3d works around puts NaN into the video encoder)."""
     configs = [a for o in overlays for a in ("--config", configs_dir / "dualrep" / f"{o}.yaml")]
-    bf16 = ["--trainer.precision=bf16-mixed", "--trainer.fast_dev_run=2"] if "demo" in overlays else []
+    bf16 = (
+        ["--trainer.precision=bf16-mixed", "--trainer.fast_dev_run=2", "--data.init_args.batch_size=2"]
+        if "demo" in overlays
+        else []
+    )
     cli = run_cli(
         [
             "fit",
@@ -279,11 +290,12 @@ def test_pretrained_auto_pretrains_once_and_rows_share_it(
     assert pretraining["model"]["init_args"]["use_mmsl"] is False, "the row's variant (MMCL only)"
     assert pretraining["data"]["init_args"]["root"] == str(tiny_dataset), "on the run's own data"
     assert first.model.initialisation == "ssl" and first.model.hparams.pretrained == record["checkpoint"]
-    saved = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    saved = torch.load(record["checkpoint"], map_location="cpu", weights_only=True, mmap=True)["state_dict"]
     loaded = first.model.encoder.backbone.conv1.weight.detach()
     pretrained = saved["net.image_encoder.backbone.conv1.weight"]
     # a fine-tuning step of lr 1e-4 away from the pretrained weights, far from any other initialisation
     assert (loaded - pretrained).abs().max() < 1e-3 < (loaded - torch.randn_like(loaded) * 0.1).abs().max()
+    del first, saved  # freed before the next run builds its model (test memory)
 
     second = run_cli([*plane, "--seed_everything=1"])
     assert "pretrained earlier" in capsys.readouterr().out
