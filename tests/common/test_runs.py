@@ -325,7 +325,7 @@ def test_checkpoint_write_that_fails_keeps_the_previous_file(tmp_path):
 
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.arange(3.0)}}, path)
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on where it is defined
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "hook": lambda: None}, path)  # unpicklable
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
     saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]["w"]
