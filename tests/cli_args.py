@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def tiny_data(root: Path, batch_size: int = 4) -> list[str]:
@@ -47,3 +48,48 @@ def run_study(
     assert all(r["status"] == "finished" for r in results), results
     names = {k: dict(v) for k, v in ((spec.get("sonolab") or {}).get("table", {}).get("rows") or {}).items()}
     return {_label(r["params"], names): r["metrics"] for r in collect_runs(root, spec["name"])}
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def readme_commands(readme: Path, section: str) -> list[str]:
+    """The commands of the first ```bash block under the heading ``section`` of ``readme``."""
+    import re
+
+    text = readme.read_text(encoding="utf-8")
+    assert section in text, f"{readme} has no {section!r} section"
+    block = re.search(r"```bash\n(.*?)```", text.split(section, 1)[1], re.S)
+    assert block is not None, f"no ```bash block in {section!r}"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def run_readme_line(line: str) -> Any:
+    """One README command in this process, as the shell would run it: ``python -m <module> ARGS`` calls the
+    module's ``main(ARGS)`` (which must return 0), ``lightning ARGS`` the CLI (returned, its W&B run
+    closed, as a new process would), ``mv A B`` moves the file."""
+    import importlib
+    import shlex
+    import shutil
+
+    argv = shlex.split(line)
+    if argv[:2] == ["python", "-m"]:
+        rc = importlib.import_module(argv[2]).main(argv[3:])
+        assert rc == 0, f"{line!r} exited with {rc}"
+        return None
+    if argv[0] == "mv" and len(argv) == 3:
+        shutil.move(argv[1], argv[2])
+        return None
+    if argv[0] == "lightning":
+        import wandb
+
+        from lightning_modules.cli import main
+
+        cli = main(argv[1:])
+        wandb.finish()
+        return cli
+    raise AssertionError(f"the test does not know how to run {line!r}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cli_args import read_csv
 
 from datamodules.boxes import BoxFrameDataModule
 from datamodules.errors import DataError
@@ -26,11 +27,6 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
         writer.writerow(header)
         writer.writerows(rows)
     return path
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def noise_image(seed: int) -> np.ndarray:

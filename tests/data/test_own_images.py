@@ -4,38 +4,22 @@ by the project's commands, validated with no flags, zoom-in pretraining with fas
 
 from __future__ import annotations
 
-import csv
 import math
-import re
 import shlex
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from cli_args import read_csv, readme_commands, run_readme_line
 
-from datamodules import masks, validate
+from datamodules import validate
 from datamodules.boxes import BoxFrameDataModule
-from lightning_modules.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "lightning_modules" / "vqa_gan" / "README.md"
 SECTION = "## Your own data: a folder of images + masks"
 N, H, W = 12, 96, 128
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def readme_commands() -> list[str]:
-    """The commands of the section's first ```bash block."""
-    text = README.read_text(encoding="utf-8")
-    assert SECTION in text, f"{README} has no {SECTION!r} section"
-    block = re.search(r"```bash\n(.*?)```", text.split(SECTION, 1)[1], re.S)
-    assert block is not None, f"no ```bash block in {SECTION!r}"
-    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
 def head(i: int) -> tuple[tuple[int, int], tuple[int, int], float]:
@@ -69,24 +53,6 @@ def write_foreign_folder(folder: Path) -> None:
         cv2.imwrite(str(mask_dir / f"{i:03d}_HC_Annotation.png"), mask)
 
 
-def run(line: str):
-    """One README command in this process: ``python -m <module>`` calls the module's ``main`` with the same
-    arguments, ``lightning`` the CLI."""
-    argv = shlex.split(line)
-    modules = {"datamodules.masks": masks, "datamodules.validate": validate}
-    if argv[:2] == ["python", "-m"] and argv[2] in modules:
-        rc = modules[argv[2]].main(argv[3:])
-        assert rc == 0, f"{line!r} exited with {rc}"
-        return None
-    if argv[0] == "lightning":
-        import wandb
-
-        cli = cli_main(argv[1:])
-        wandb.finish()
-        return cli
-    raise AssertionError(f"the test does not know how to run {line!r}")
-
-
 @pytest.fixture
 def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder as a user's: their images and masks, and sonolab's configs/ beside them."""
@@ -97,7 +63,7 @@ def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_readme_flow_from_images_and_masks_to_zoom_pretraining(user_folder: Path) -> None:
-    commands = readme_commands()
+    commands = readme_commands(README, SECTION)
     assert [shlex.split(c)[:3] for c in commands] == [
         ["python", "-m", "datamodules.masks"],
         ["python", "-m", "datamodules.validate"],
@@ -106,7 +72,7 @@ def test_readme_flow_from_images_and_masks_to_zoom_pretraining(user_folder: Path
     assert shlex.split(commands[1]) == ["python", "-m", "datamodules.validate", "my_images"]  # no flags
     assert "--data.init_args.root=my_images" in commands[2] and "--config configs/zoom.yaml" in commands[2]
 
-    run(commands[0])
+    run_readme_line(commands[0])
     images = read_csv("my_images/images.csv")
     assert [r["image"] for r in images] == [f"images/{i:03d}_HC.png" for i in range(N)]
     counts = {s: sum(r["split"] == s for r in images) for s in ("train", "val", "test")}
@@ -120,8 +86,8 @@ def test_readme_flow_from_images_and_masks_to_zoom_pretraining(user_folder: Path
         # ellipse fitted to the outer edge of a 2-pixel contour, which lies up to a pixel outside
         assert np.abs(got - ellipse_box(*head(i))).max() < (1.0 if i % 2 == 0 else 2.0), (i, got)
 
-    run(commands[1])
-    cli = run(commands[2])
+    run_readme_line(commands[1])
+    cli = run_readme_line(commands[2])
     assert cli is not None and cli.trainer.state.finished
     dm = cli.datamodule
     assert isinstance(dm, BoxFrameDataModule) and dm.hw == (64, 64)

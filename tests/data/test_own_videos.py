@@ -5,40 +5,22 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import shlex
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from cli_args import read_csv, readme_commands, run_readme_line
 
-from datamodules import import_videos, split, validate
 from datamodules.errors import DataError
 from datamodules.import_videos import import_videos as import_folder
-from lightning_modules.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "lightning_modules" / "vqa_gan" / "README.md"
 SECTION = "## Your own data: videos + a labels CSV"
 PATIENTS = [f"p{i:02d}" for i in range(1, 11)]  # p01..p05 good, p06..p10 poor; two videos each
 FRAMES = 60  # the README's clips need >= 57 frames (8 frames at interval 8)
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def readme_commands() -> list[str]:
-    """The commands of the section's first ```bash block."""
-    text = README.read_text(encoding="utf-8")
-    assert SECTION in text, f"{README} has no {SECTION!r} section"
-    section = text.split(SECTION, 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block is not None, f"no ```bash block in {SECTION!r}"
-    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
 def write_video(path: Path, good: bool, seed: int) -> None:
@@ -71,31 +53,6 @@ def write_foreign_dataset(folder: Path) -> None:
         writer.writerows(rows)
 
 
-def run(line: str):
-    """One README command, in this process: ``python -m <module>`` calls the module's ``main`` with the same
-    arguments, ``lightning`` the CLI, ``mv`` moves the file."""
-    argv = shlex.split(line)
-    modules = {
-        "datamodules.import_videos": import_videos,
-        "datamodules.split": split,
-        "datamodules.validate": validate,
-    }
-    if argv[:2] == ["python", "-m"] and argv[2] in modules:
-        rc = modules[argv[2]].main(argv[3:])
-        assert rc == 0, f"{line!r} exited with {rc}"
-        return None
-    if argv[0] == "mv" and len(argv) == 3:
-        shutil.move(argv[1], argv[2])
-        return None
-    if argv[0] == "lightning":
-        import wandb
-
-        cli = cli_main(argv[1:])
-        wandb.finish()
-        return cli
-    raise AssertionError(f"the test does not know how to run {line!r}")
-
-
 @pytest.fixture
 def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder as a user's: their videos and labels, and sonolab's configs/ beside them."""
@@ -106,7 +63,7 @@ def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_readme_flow_from_videos_and_labels_to_vqa(user_folder: Path):
-    commands = readme_commands()
+    commands = readme_commands(README, SECTION)
     assert [shlex.split(c)[:3] for c in commands][:4] == [
         ["python", "-m", "datamodules.import_videos"],
         ["python", "-m", "datamodules.split"],
@@ -116,7 +73,7 @@ def test_readme_flow_from_videos_and_labels_to_vqa(user_folder: Path):
     assert shlex.split(commands[3]) == ["python", "-m", "datamodules.validate", "my_videos"]  # no flags
     cli = None
     for line in commands:
-        cli = run(line) or cli
+        cli = run_readme_line(line) or cli
         if "datamodules.import_videos" in line:
             scans = read_csv("my_videos/scans.csv")
             clips = read_csv("my_videos/clips.csv")
@@ -145,12 +102,12 @@ def test_readme_flow_from_videos_and_labels_to_vqa(user_folder: Path):
 
 
 def test_dropping_the_train_filter_stops_fit_naming_the_keys(user_folder: Path):
-    commands = readme_commands()
+    commands = readme_commands(README, SECTION)
     for line in commands[:4]:
-        run(line)
+        run_readme_line(line)
     fit = shlex.split(commands[4])
     with pytest.raises(ValueError) as info:
-        run(shlex.join([*fit, "--data.init_args.train_filter=null"]))
+        run_readme_line(shlex.join([*fit, "--data.init_args.train_filter=null"]))
     message = str(info.value)
     assert "data.init_args.train_filter" in message and "model.init_args.normal_label='lung'" in message
     assert "6 clip(s)" in message and "6 x lung (quality 0)" in message
