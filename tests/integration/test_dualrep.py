@@ -269,6 +269,7 @@ def test_pretrained_auto_pretrains_once_and_rows_share_it(
     tiny = tmp_path / "pretrain_tiny.yaml"
     tiny.write_text(
         "trainer: {max_epochs: 1, limit_train_batches: 1, limit_val_batches: 1}\n"
+        "model: {init_args: {freeze_audio: true}}\n"  # CNN14 without gradients or Adam state (test memory)
         "data: {init_args: {image_size: 32, batch_size: 4, num_workers: 0, num_frames: 4, frame_interval: 4,"
         " audio_seconds: 1.0, window_stride: 120}}\n"
     )
