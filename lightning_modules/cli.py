@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import copy
 import errno
+import inspect
 import json
 import netrc
 import os
@@ -35,10 +36,10 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from jsonargparse import Namespace, set_parsing_settings
@@ -83,6 +84,32 @@ _WEIGHT_SOURCES = (
     "video_weights",
     "image_weights",
 )
+
+
+def ints_before_floats(function: Callable[..., Any]) -> None:
+    """Make the int-or-float parameters of ``function`` parse ``1`` as the int 1 (one batch), not 1.0 (all).
+
+    jsonargparse tries a union's types in the order of the annotation, and Lightning writes the Trainer's
+    batch limits as ``Optional[Union[int, float]]``. But ``typing`` (Python 3.11–3.13) caches unions by
+    equality, which ignores order: when Lightning Fabric's ``Optional[Union[float, int]]`` is still in that
+    cache as ``trainer.py`` is imported (a plain install without ``rich``), the Trainer's annotation *is*
+    the float-first union, and ``--trainer.limit_train_batches=1`` trained on every batch. The annotations
+    are rebuilt with ``int`` first, outside the cache (as jsonargparse itself rebuilds unions); a float
+    such as ``0.5`` or ``1.0`` still parses as the float.
+    """
+    annotations = inspect.unwrap(function).__annotations__
+    for name, hint in list(annotations.items()):
+        args = get_args(hint)
+        if get_origin(hint) is not Union or int not in args or float not in args:
+            continue
+        if args.index(int) < args.index(float):
+            continue
+        ordered = [a for a in args if a is not int]
+        ordered.insert(ordered.index(float), int)
+        annotations[name] = type(hint)(Union, tuple(ordered))
+
+
+ints_before_floats(Trainer.__init__)
 
 
 def has_wandb_key() -> bool:

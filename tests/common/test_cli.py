@@ -57,6 +57,57 @@ def test_console_scripts_print_help(program: str) -> None:
     assert "--trainer.strategy" in out.stdout and "--data" in out.stdout
 
 
+_FLOAT_FIRST_TRAINER = """
+import inspect, sys, typing
+import lightning.pytorch.trainer.trainer as trainer_module
+annotations = inspect.unwrap(trainer_module.Trainer.__init__).__annotations__
+for name in ("limit_train_batches", "limit_val_batches", "val_check_interval"):
+    hint = annotations[name]  # what a plain install gets when typing's cache held Fabric's union first:
+    annotations[name] = type(hint)(typing.Union, tuple(sorted(typing.get_args(hint), key=lambda t: t is not float)))
+assert typing.get_args(annotations["limit_train_batches"])[0] is float
+from lightning_modules.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _printed_trainer(command: list[str], cwd: Path) -> dict:
+    import yaml
+
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return yaml.safe_load(out.stdout)["trainer"]
+
+
+def test_a_batch_limit_of_1_is_one_batch_whatever_order_typing_cached_the_union(
+    configs_dir: Path, tmp_path: Path
+) -> None:
+    """`--trainer.limit_train_batches=1` is one batch (the int), 1.0 or 0.5 a fraction, in the console script
+    and in an interpreter where the Trainer's `Optional[Union[int, float]]` came out of typing's cache as
+    the float-first union (a plain install without `rich`: every `1` was read as 1.0, all batches)."""
+    flags = [
+        "fit",
+        "--config",
+        str(configs_dir / "clstm_unet.yaml"),
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=0.5",
+        "--trainer.limit_test_batches=1.0",
+        "--trainer.val_check_interval=1",
+        "--print_config",
+    ]
+    bin_dir = Path(sys.executable).parent
+    for command in (
+        [str(bin_dir / "lightning"), *flags],
+        [sys.executable, "-c", _FLOAT_FIRST_TRAINER, *flags],
+    ):
+        trainer = _printed_trainer(command, tmp_path)
+        assert trainer["limit_train_batches"] == 1 and type(trainer["limit_train_batches"]) is int, command[
+            :2
+        ]
+        assert trainer["val_check_interval"] == 1 and type(trainer["val_check_interval"]) is int, command[:2]
+        assert trainer["limit_val_batches"] == 0.5
+        assert trainer["limit_test_batches"] == 1.0 and type(trainer["limit_test_batches"]) is float
+
+
 def test_console_script_exits_zero_after_a_successful_fit(
     run_cli_subprocess, tiny_dataset: Path, configs_dir: Path
 ) -> None:

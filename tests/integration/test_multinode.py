@@ -1,6 +1,7 @@
 """Two nodes × one process on localhost through ``torchrun`` (gloo), as the README's multi-node command runs
 them: one run folder, one W&B run and one prediction file per job, one clip cache for both nodes on this
-(shared) filesystem, and evaluation metrics equal to a single-process run of the same weights."""
+(shared) filesystem, evaluation metrics equal to a single-process run of the same weights, and training
+steps equal to one process's on the same global batches."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from cli_args import tiny_data
 
 pytestmark = pytest.mark.ddp
@@ -149,3 +151,61 @@ def test_dualrep_two_nodes(tiny_dataset, tmp_path):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
     assert len(list((runs / "sonolab-dualrep" / "two-nodes" / "wandb").glob("offline-run-*"))) == 1
     assert built and not list(cache.rglob("*.tmp-*")), "each cache once (no second build left behind)"
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+
+
+def test_clstm_training_on_two_nodes_equals_one_process_on_the_same_global_batch(tiny_dataset, tmp_path):
+    """Two training steps on 2 nodes × 2 samples change every weight as one process does on batch 4.
+
+    Both sides draw batches through Lightning's DistributedSampler with the same seed (the one-process run
+    is DDP with one device), so each global batch holds the same samples; DDP averages the two ranks'
+    gradients, which equals the gradient of the batch-4 mean loss. The net has no per-rank state or
+    randomness: GroupNorm (BatchNorm statistics are per rank without SyncBatchNorm, which is GPU-only in
+    torch) and no augmentation. VideoQualityGAN and DualRepSSL draw per-rank noise, pool items and
+    augmented views, so their training cannot match a single process draw for draw; their evaluation
+    metrics are compared above."""
+    cache = tmp_path / "cache"
+    base = [
+        "--config",
+        str(CONFIGS / "clstm_unet.yaml"),
+        "--data.init_args.target_stride=16",
+        "--data.init_args.num_before=2",
+        "--model.init_args.num_before=2",
+        "--model.init_args.base_channels=4",
+        "--model.init_args.depth=2",
+        "--model.init_args.convlstm_hidden=4",
+        "--model.init_args.norm=group",
+        "--model.init_args.augment=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.precision=32-true",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--seed_everything=0",
+        "--data.init_args.prepare_data_per_node=false",
+    ]
+    one_device = ["--trainer.strategy=ddp", "--trainer.devices=1"]  # one process, DDP's sampler
+    two_nodes(["fit", *base, *tiny_data(tiny_dataset, batch_size=4), "--run_id=two-nodes"], tmp_path, cache)
+    for batch_size in (4, 2):
+        one_process(
+            [
+                "fit",
+                *base,
+                *tiny_data(tiny_dataset, batch_size=batch_size),
+                *one_device,
+                f"--run_id=b{batch_size}",
+            ],
+            tmp_path,
+            cache,
+        )
+    runs = tmp_path / "runs" / "sonolab-clstm-unet"
+    two, one, half = (_weights(runs / r / "checkpoints" / "last.ckpt") for r in ("two-nodes", "b4", "b2"))
+    assert two.keys() == one.keys()
+    for key, value in one.items():
+        assert torch.allclose(two[key].float(), value.float(), rtol=1e-4, atol=1e-6), key
+    # The control: half the global batch trains other weights, so the match above needs both ranks'
+    # gradients. (`data.init_args.batch_size` is the global batch: each of the two ranks loads 2.)
+    assert any(not torch.allclose(two[k].float(), half[k].float(), rtol=1e-4, atol=1e-6) for k in one)
