@@ -90,9 +90,9 @@ def ints_before_floats(function: Callable[..., Any]) -> None:
     """Make the int-or-float parameters of ``function`` parse ``1`` as the int 1 (one batch), not 1.0 (all).
 
     jsonargparse tries a union's types in the order of the annotation, and Lightning writes the Trainer's
-    batch limits as ``Optional[Union[int, float]]``. But ``typing`` (Python 3.11–3.13) caches unions by
+    batch limits as ``Optional[Union[int, float]]``. But ``typing`` (checked on Python 3.11) caches unions by
     equality, which ignores order: when Lightning Fabric's ``Optional[Union[float, int]]`` is still in that
-    cache as ``trainer.py`` is imported (a plain install without ``rich``), the Trainer's annotation *is*
+    cache as ``trainer.py`` is imported (as in a plain ``make install``), the Trainer's annotation *is*
     the float-first union, and ``--trainer.limit_train_batches=1`` trained on every batch. The annotations
     are rebuilt with ``int`` first, outside the cache (as jsonargparse itself rebuilds unions); a float
     such as ``0.5`` or ``1.0`` still parses as the float.

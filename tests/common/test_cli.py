@@ -83,7 +83,7 @@ def test_a_batch_limit_of_1_is_one_batch_whatever_order_typing_cached_the_union(
 ) -> None:
     """`--trainer.limit_train_batches=1` is one batch (the int), 1.0 or 0.5 a fraction, in the console script
     and in an interpreter where the Trainer's `Optional[Union[int, float]]` came out of typing's cache as
-    the float-first union (a plain install without `rich`: every `1` was read as 1.0, all batches)."""
+    the float-first union (as in a plain install: every `1` was read as 1.0, all batches)."""
     flags = [
         "fit",
         "--config",
