@@ -136,9 +136,12 @@ class Case:
 
             return gan_step
 
+        # the work Trainer.fit does to a batch before training_step (CLSTMUNet's RandAugment)
+        prepare = getattr(model, "augment_batch", lambda batch: batch)
+
         def step(batch: Any, index: int) -> None:
             with cast():
-                loss = loss_of(model.training_step(batch, index))
+                loss = loss_of(model.training_step(prepare(batch), index))
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 scalers[0].scale(loss).backward()

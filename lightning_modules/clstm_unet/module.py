@@ -207,7 +207,14 @@ class CLSTMUNet(LightningModule):
             self._aug_generator.set_state(state)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        if self.augmenter is None or self._trainer is None or not self.trainer.training:
+        if self._trainer is None or not self.trainer.training:
+            return batch
+        return self.augment_batch(batch)
+
+    def augment_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A training batch with RandAugment applied (one draw per sequence for its frames and gaze maps):
+        what Lightning's fit does to each batch before ``training_step``, callable by a plain loop too."""
+        if self.augmenter is None:
             return batch
         video, gaze = self.augmenter.apply_batch(batch["video"], batch["gaze"], generator=self._generator())
         batch = dict(batch, video=video, gaze=gaze)
