@@ -99,11 +99,9 @@ def test_a_batch_limit_of_1_is_one_batch_whatever_order_typing_cached_the_union(
         [str(bin_dir / "lightning"), *flags],
         [sys.executable, "-c", _FLOAT_FIRST_TRAINER, *flags],
     ):
-        trainer = _printed_trainer(command, tmp_path)
-        assert trainer["limit_train_batches"] == 1 and type(trainer["limit_train_batches"]) is int, command[
-            :2
-        ]
-        assert trainer["val_check_interval"] == 1 and type(trainer["val_check_interval"]) is int, command[:2]
+        trainer, how = _printed_trainer(command, tmp_path), command[:2]
+        assert trainer["limit_train_batches"] == 1 and type(trainer["limit_train_batches"]) is int, how
+        assert trainer["val_check_interval"] == 1 and type(trainer["val_check_interval"]) is int, how
         assert trainer["limit_val_batches"] == 0.5
         assert trainer["limit_test_batches"] == 1.0 and type(trainer["limit_test_batches"]) is float
 

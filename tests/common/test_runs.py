@@ -306,7 +306,7 @@ def test_a_finished_run_frees_its_model_in_a_long_lived_process(tiny_dataset, tm
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
-    # one G + D step, no validation (max_steps, an int; in some full-suite runs a limit of 1 has read as 1.0)
+    # two G + D steps, no validation
     args = [*RESUME_CASES["vqa_gan"], *tiny_data(tiny_dataset), "--trainer.max_steps=2"]
     args += ["--trainer.limit_val_batches=0"]
     models = []

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from cli_args import last_checkpoint, run_study, tiny_data
+from cli_args import SHORT_CLSTM_LAYOUT, TINY_CLSTM, last_checkpoint, run_study, tiny_data
 
 OVERLAYS = [
     "spatial_only",
@@ -24,24 +24,14 @@ OVERLAYS = [
 ]
 
 
-def _tiny(root: Path) -> list[str]:
-    """Tiny data and net: 32×32 frames, a 2-level U-Net of width 4, batches of 4."""
-    return [
-        *tiny_data(root),
-        "--data.init_args.target_stride=16",
-        "--model.init_args.base_channels=4",
-        "--model.init_args.depth=2",
-        "--model.init_args.convlstm_hidden=4",
-    ]
-
-
-def _short_layout() -> list[str]:
-    """Two context frames instead of six (set on both sides: interpolation is per config file)."""
-    return ["--data.init_args.num_before=2", "--model.init_args.num_before=2"]
-
-
 def test_fit_validate_test_predict_main_config(run_cli, tiny_dataset, configs_dir, tmp_path):
-    base = ["--config", configs_dir / "clstm_unet.yaml", *_tiny(tiny_dataset), *_short_layout()]
+    base = [
+        "--config",
+        configs_dir / "clstm_unet.yaml",
+        *tiny_data(tiny_dataset),
+        *TINY_CLSTM,
+        *SHORT_CLSTM_LAYOUT,
+    ]
     cli = run_cli(["fit", *base, "--trainer.fast_dev_run=1"])
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
     assert "val/kld" in cli.trainer.callback_metrics
@@ -74,7 +64,8 @@ def test_fit_every_overlay(run_cli, tiny_dataset, configs_dir, overlay):
             configs_dir / "clstm_unet.yaml",
             "--config",
             configs_dir / "clstm_unet" / f"{overlay}.yaml",
-            *_tiny(tiny_dataset),
+            *tiny_data(tiny_dataset),
+            *TINY_CLSTM,
             "--trainer.fast_dev_run=1",
             "--trainer.precision=32-true",
         ]
@@ -98,8 +89,9 @@ def test_bf16_mixed(run_cli, tiny_dataset, configs_dir):
             "fit",
             "--config",
             configs_dir / "clstm_unet.yaml",
-            *_tiny(tiny_dataset),
-            *_short_layout(),
+            *tiny_data(tiny_dataset),
+            *TINY_CLSTM,
+            *SHORT_CLSTM_LAYOUT,
             "--trainer.fast_dev_run=2",
             "--trainer.precision=bf16-mixed",
         ]
@@ -115,8 +107,9 @@ def test_ddp_two_cpu_processes(run_cli_subprocess, tiny_dataset, configs_dir):
             "fit",
             "--config",
             configs_dir / "clstm_unet.yaml",
-            *_tiny(tiny_dataset),
-            *_short_layout(),
+            *tiny_data(tiny_dataset),
+            *TINY_CLSTM,
+            *SHORT_CLSTM_LAYOUT,
             "--trainer.fast_dev_run=2",
             "--trainer.strategy=ddp",
             "--trainer.devices=2",
@@ -136,8 +129,9 @@ def test_stream_a_video_with_a_trained_checkpoint(run_cli, tiny_dataset, configs
             "fit",
             "--config",
             configs_dir / "clstm_unet.yaml",
-            *_tiny(tiny_dataset),
-            *_short_layout(),
+            *tiny_data(tiny_dataset),
+            *TINY_CLSTM,
+            *SHORT_CLSTM_LAYOUT,
             "--trainer.max_steps=2",
             "--trainer.limit_val_batches=1",
             "--trainer.logger=false",

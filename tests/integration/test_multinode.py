@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_args import tiny_data
+from cli_args import SHORT_CLSTM_LAYOUT, TINY_CLSTM, tiny_data
 
 pytestmark = pytest.mark.ddp
 
@@ -171,12 +171,8 @@ def test_clstm_training_on_two_nodes_equals_one_process_on_the_same_global_batch
     base = [
         "--config",
         str(CONFIGS / "clstm_unet.yaml"),
-        "--data.init_args.target_stride=16",
-        "--data.init_args.num_before=2",
-        "--model.init_args.num_before=2",
-        "--model.init_args.base_channels=4",
-        "--model.init_args.depth=2",
-        "--model.init_args.convlstm_hidden=4",
+        *TINY_CLSTM,
+        *SHORT_CLSTM_LAYOUT,
         "--model.init_args.norm=group",
         "--model.init_args.augment=false",
         "--trainer.accelerator=cpu",
