@@ -55,6 +55,23 @@ def test_fit_validate_test_predict_main_config(run_cli, tiny_dataset, configs_di
     assert all("@" in r["clip_id"] and 0 <= float(r["pred_x"]) <= 1 for r in rows)
 
 
+def test_a_run_cut_short_or_without_validation_ends_cleanly(run_cli, tiny_dataset, configs_dir):
+    """The config's early stopping on val/kld is checked after each validation: a fit stopped by
+    `--trainer.max_steps` inside the first epoch, or one with `--trainer.limit_val_batches=0`, ends normally
+    (no "val/kld not available"), and with validation the check still runs each time."""
+    base = ["--config", configs_dir / "clstm_unet.yaml", *tiny_data(tiny_dataset), *TINY_CLSTM]
+    cli = run_cli(["fit", *base, "--trainer.max_steps=2"])
+    assert cli.trainer.global_step == 2 and "val/kld" not in cli.trainer.callback_metrics
+    no_val = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0"]
+    cli = run_cli(["fit", *base, *no_val])
+    assert cli.trainer.global_step == 4
+    cli = run_cli(["fit", *base, "--trainer.max_epochs=2", "--trainer.limit_train_batches=1"])
+    stopper = cli.trainer.early_stopping_callback
+    assert stopper.monitor == "val/kld" and stopper.patience == 10
+    assert math.isfinite(float(stopper.best_score)), "the check ran on the validation's val/kld"
+    assert float(stopper.best_score) <= float(cli.trainer.callback_metrics["val/kld"])
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_fit_every_overlay(run_cli, tiny_dataset, configs_dir, overlay):
     cli = run_cli(
