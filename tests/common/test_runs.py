@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -44,6 +46,14 @@ def configs(*names: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- SIGKILL + resume
+# The CLSTMUNet config (BatchNorm, RandAugment, ConvLSTM) with a narrower, shallower U-Net: what is
+# restored on resume is the same at any width, and a step takes a tenth of the full width's.
+SMALL_CLSTM = [
+    *configs("clstm_unet.yaml"),
+    "--model.init_args.base_channels=8",
+    "--model.init_args.depth=2",
+    "--model.init_args.convlstm_hidden=8",
+]
 RESUME_CASES = {
     "vqa_gan": [
         *configs("vqa.yaml", "vqa/demo.yaml"),
@@ -51,8 +61,10 @@ RESUME_CASES = {
         "--data.init_args.num_frames=4",
         "--trainer.check_val_every_n_epoch=1",
         "--trainer.precision=32-true",  # bf16 autocast is emulated (slow) on CPUs without AVX-512 BF16
+        "--trainer.limit_train_batches=3",
     ],
-    "clstm_unet": configs("clstm_unet.yaml"),
+    # 10 batches an epoch: the last epoch lasts long enough for the test to kill it
+    "clstm_unet": [*SMALL_CLSTM, "--trainer.limit_train_batches=10"],
 }
 
 
@@ -74,7 +86,6 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(model, 
         *RESUME_CASES[model],
         *tiny_data(tiny_dataset),
         "--trainer.max_epochs=3",
-        "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1",
         "--seed_everything=7",
     ]
@@ -123,43 +134,49 @@ def test_sigkill_then_resume_reaches_the_weights_of_an_uninterrupted_run(model, 
     assert len(wandb_runs) == 2 and all(p.name.endswith(run_dir.name) for p in wandb_runs)
 
 
+def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> str:
+    """The process's (binary, merged) output read as it comes, until ``pattern`` matches it, the output
+    ends or ``timeout`` passes."""
+    text, fd, deadline = "", proc.stdout.fileno(), time.time() + timeout
+    while time.time() < deadline and not re.search(pattern, text):
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            text += chunk.decode(errors="replace")
+    return text
+
+
 def test_sigterm_saves_the_state_mid_epoch_and_the_run_resumes(tiny_dataset, tmp_path):
     """A cluster's SIGTERM (time limit, pre-emption): last.ckpt is rewritten with the state after the last
-    finished batch, the process ends non-zero, and `--ckpt_path last` finishes the run in the same folder."""
+    finished batch, the process ends non-zero, and `--ckpt_path last` finishes the run in the same folder.
+    The signal goes once the progress bar shows epoch 1 two batches in (of 40), whatever the machine's
+    speed."""
+    batches = 40
     args = [
         "fit",
-        *RESUME_CASES["clstm_unet"],
+        *SMALL_CLSTM,
         *tiny_data(tiny_dataset),
         "--trainer.max_epochs=2",
-        "--trainer.limit_train_batches=8",
+        f"--trainer.limit_train_batches={batches}",
         "--trainer.limit_val_batches=1",
         "--seed_everything=7",
         f"--trainer.default_root_dir={tmp_path / 'runs'}",
     ]
     env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [str(LIGHTNING), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [str(LIGHTNING), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline, boundary = time.time() + 600, None
-    while time.time() < deadline and proc.poll() is None:
-        last = list((tmp_path / "runs").glob("*/*/checkpoints/last.ckpt"))
-        if last and _epoch_of(last[0]) == 0:
-            boundary = torch.load(last[0], map_location="cpu", weights_only=True)["global_step"]
-            break
-        time.sleep(0.05)
-    time.sleep(2.0)  # a few batches into epoch 1
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=600)
-    assert boundary is not None and proc.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert "interrupted (SIGTERMException)" in out
+    out = _read_until(proc, rf"Epoch 1:\s+\d+%\|[^|]*\|\s*([2-9]|[1-3]\d)/{batches}\b", timeout=600)
     (last,) = (tmp_path / "runs").glob("*/*/checkpoints/last.ckpt")
+    boundary = torch.load(last, map_location="cpu", weights_only=True)
+    assert (boundary["epoch"], boundary["global_step"]) == (0, batches), out[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    out += proc.communicate(timeout=600)[0].decode(errors="replace")
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "interrupted (SIGTERMException)" in out
     saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["global_step"] > boundary, "the state after the last finished batch, not the epoch boundary"
+    assert batches < saved["global_step"] < 2 * batches, "the state after the last finished batch of epoch 1"
     resumed = subprocess.run(
         [str(LIGHTNING), *args, "--ckpt_path", "last"],
         cwd=tmp_path,
@@ -169,7 +186,8 @@ def test_sigterm_saves_the_state_mid_epoch_and_the_run_resumes(tiny_dataset, tmp
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (1, 2 * batches)
     assert len(list((tmp_path / "runs").glob("*/*/"))) == 1
 
 
