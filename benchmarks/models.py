@@ -1,6 +1,7 @@
-"""Every model as its demo config builds it, as a ``benchmarks.steps.Case`` (model + fixed batches).
+"""Every model as its demo or its published config builds it, as a ``benchmarks.steps.Case`` (model +
+fixed batches).
 
-Each model is built from its demo config exactly as ``lightning fit`` builds it (``SonolabCLI``, no
+Each model is built from its config exactly as ``lightning fit`` builds it (``SonolabCLI``, no
 trainer run); its first training batches are drawn from its own DataModule once, so the step benchmark
 times the model, not the loader (whose rate is measured on its own).
 """
@@ -18,6 +19,7 @@ from lightning_modules.cli import SonolabCLI, configure_interpolation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+# the main config (the paper's sizes), then the demo overlay (small sizes for a CPU)
 MODELS: dict[str, list[str]] = {
     "VideoQualityGAN": ["vqa.yaml", "vqa/demo.yaml"],
     "CRLUIQA": ["crl_uiqa.yaml", "crl_uiqa/demo.yaml"],
@@ -61,17 +63,24 @@ def loader_rate(datamodule: Any, n: int) -> tuple[list[Any], float]:
 
 
 def config_case(
-    name: str, extra: list[str] | None = None, n_batches: int = 4, device: torch.device | str = "cpu"
+    name: str,
+    extra: list[str] | None = None,
+    n_batches: int = 4,
+    device: torch.device | str = "cpu",
+    size: str = "demo",
 ) -> Case:
-    """``name`` (a key of MODELS) built from its demo config (+ ``extra`` CLI arguments), with its first
-    ``n_batches`` training batches on ``device``. VideoQualityGAN without its zoom-in (frozen, one frame
-    per clip: a small share of the step), so no zoom pretraining is needed first."""
+    """``name`` (a key of MODELS) built from its demo config, or from its main config alone when ``size``
+    is ``published`` (the paper's image size, clip length, widths and batch), + ``extra`` CLI arguments,
+    with its first ``n_batches`` training batches on ``device``. VideoQualityGAN without its zoom-in
+    (frozen, one frame per clip: a small share of the step), so no zoom pretraining is needed first."""
+    if size not in ("demo", "published"):
+        raise ValueError(f"size must be 'demo' or 'published', not {size!r}")
     extra = list(extra or [])
     note = None
     if name == "VideoQualityGAN":
         extra = ["--model.init_args.use_zoom=false", "--model.init_args.zoom_checkpoint=null", *extra]
         note = "without the zoom-in (frozen; one frame per clip)"
-    cli = build(MODELS[name], extra)
+    cli = build(MODELS[name] if size == "demo" else MODELS[name][:1], extra)
     batches, rate = loader_rate(cli.datamodule, n_batches)
     device = torch.device(device)
     meta = {"batch": cli.datamodule.per_device_batch_size(), "loader_batches_per_s": rate}

@@ -1,8 +1,9 @@
 """`make bench`: step time of every model through Lightning and through a plain PyTorch loop, fp32 and bf16,
 with peak memory and the data path's throughput.
 
-For each model at its demo size (its demo config; VideoQualityGAN without the zoom-in) and for
-VideoQualityGAN at the published shapes (batch 2, 8 frames of 256×256, ngf 32):
+For each model at its demo size (its demo config; VideoQualityGAN without the zoom-in) and at its
+published size (``--sizes``; CRLUIQA, DualRepSSL and CLSTMUNet: their main config alone, the papers' image
+sizes, clip lengths, widths and batches; VideoQualityGAN: batch 2, 8 frames of 256×256, ngf 32):
 
 * median step time over ``--steps`` steps after a warm-up step, for ``Trainer.fit`` and for a plain loop
   over the same nets, losses, optimisers and batches (``benchmarks.steps``), interleaved in this one
@@ -153,7 +154,11 @@ def make_case(spec: dict[str, Any], device: str) -> Any:
     if spec.get("vqa_size"):
         return vqa_case(spec["vqa_size"], device=device)
     return config_case(
-        spec["model"], extra=spec.get("extra"), n_batches=spec.get("n_batches", 4), device=device
+        spec["model"],
+        extra=spec.get("extra"),
+        n_batches=spec.get("n_batches", 4),
+        device=device,
+        size=spec.get("size", "demo"),
     )
 
 
@@ -161,13 +166,16 @@ def make_case(spec: dict[str, Any], device: str) -> Any:
 QUICK_EXTRA: dict[str, list[str]] = {"CRLUIQA": ["--data.init_args.pseudo_labels.k=2"]}
 
 
-def case_specs(quick: bool, root: str | None) -> list[dict[str, Any]]:
-    """What to time: every model from its demo config, and VideoQualityGAN at the published shapes.
-    ``quick``: the tiny dataset, batch 2, the smallest sizes the nets take, VideoQualityGAN tiny."""
+def case_specs(
+    quick: bool, root: str | None, sizes: tuple[str, ...] = ("demo", "published")
+) -> list[dict[str, Any]]:
+    """What to time: every model from its demo config and at its published size (``sizes``).
+    ``quick``: the tiny dataset, batch 2, the smallest sizes the nets take, VideoQualityGAN tiny in place
+    of the published sizes (the other models' published rows left out)."""
     from benchmarks.models import MODELS
 
     specs = []
-    for name in MODELS:
+    for name in MODELS if "demo" in sizes else ():
         extra: list[str] = []
         if root:
             extra += [f"--data.init_args.root={root}"]
@@ -178,12 +186,26 @@ def case_specs(quick: bool, root: str | None) -> list[dict[str, Any]]:
                 *QUICK_EXTRA.get(name, []),
             ]
         specs.append({"label": f"{name} (demo config)", "model": name, "extra": extra, "n_batches": 3})
+    if "published" not in sizes:
+        return specs
     if quick:
         specs.append(
             {"label": "VideoQualityGAN (tiny, in place of the published shapes)", "vqa_size": "tiny"}
         )
-    else:
-        specs.append({"label": "VideoQualityGAN (published shapes)", "vqa_size": "published"})
+        return specs
+    specs.append({"label": "VideoQualityGAN (published shapes)", "vqa_size": "published"})
+    for name in MODELS:
+        if name != "VideoQualityGAN":
+            extra = [f"--data.init_args.root={root}"] if root else []
+            specs.append(
+                {
+                    "label": f"{name} (published config)",
+                    "model": name,
+                    "size": "published",
+                    "extra": extra,
+                    "n_batches": 3,
+                }
+            )
     return specs
 
 
@@ -252,7 +274,7 @@ def bench_steps(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     from benchmarks.steps import compare
 
     rows = []
-    for spec in case_specs(args.quick, args.root):
+    for spec in case_specs(args.quick, args.root, tuple(args.sizes)):
         if args.models and not any(m.lower() in spec["label"].lower() for m in args.models):
             continue
         case = make_case(spec, device)
@@ -260,7 +282,9 @@ def bench_steps(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
         for precision in args.precisions:
             emulated = precision != "32-true" and device == "cpu" and onednn_bf16() is False
             if emulated and (
-                spec.get("vqa_size") == "published" or (args.quick and not spec.get("vqa_size"))
+                spec.get("vqa_size") == "published"
+                or spec.get("size") == "published"
+                or (args.quick and not spec.get("vqa_size"))
             ):
                 row["precisions"][precision] = {
                     "skipped": "no native bf16 convolutions on this CPU (oneDNN bf16 unsupported): a step "
@@ -343,6 +367,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument(
         "--models", nargs="*", default=None, help="only cases whose name contains one of these"
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        choices=["demo", "published"],
+        default=["demo", "published"],
+        help="demo configs, published sizes, or both",
     )
     parser.add_argument("--max-step-s", type=float, default=120.0)
     parser.add_argument("--no-data", action="store_true", help="skip the data-path benchmark")

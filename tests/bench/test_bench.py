@@ -87,6 +87,37 @@ def test_bench_quick_compares_lightning_and_plain(tmp_path):
     assert r["lightning_over_plain"] == pytest.approx(r["lightning_s"] / r["plain_s"])
 
 
+def test_full_bench_times_every_model_at_its_demo_and_published_size(tiny_dataset):
+    """`make bench` lists each model twice (demo config, published size); a published case is the model's
+    main config alone: CLSTMUNet's U-Net of width 32 and depth 4 on 128-pixel frames, not the demo's."""
+    import yaml
+
+    from benchmarks.models import CONFIGS, config_case
+    from benchmarks.run import case_specs
+
+    labels = [spec["label"] for spec in case_specs(quick=False, root=None)]
+    for name in ("VideoQualityGAN", "CRLUIQA", "DualRepSSL", "CLSTMUNet"):
+        assert f"{name} (demo config)" in labels
+        assert sum(label.startswith(name) and "published" in label for label in labels) == 1
+    assert all("demo" not in label for label in case_specs(False, None, ("published",)))
+
+    main = yaml.safe_load((CONFIGS / "clstm_unet.yaml").read_text())
+    tiny = [f"--data.init_args.root={tiny_dataset}", "--data.init_args.synthetic=null"]
+    case = config_case("CLSTMUNet", extra=tiny, n_batches=1, size="published")
+    hp = case.model.hparams
+    assert (
+        (hp.base_channels, hp.depth)
+        == (32, 4)
+        == (
+            main["model"]["init_args"]["base_channels"],
+            main["model"]["init_args"]["depth"],
+        )
+    )
+    assert case.batches[0]["video"].shape[-1] == main["data"]["init_args"]["image_size"] == 128
+    with pytest.raises(ValueError, match="size must be"):
+        config_case("CLSTMUNet", size="paper")
+
+
 def test_bench_gpu_reduced_form_runs_every_variant_on_cpu(tmp_path):
     from benchmarks.gpu import VARIANTS, main
 
