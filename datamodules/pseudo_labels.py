@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +56,8 @@ from sklearn.preprocessing import MinMaxScaler, PowerTransformer
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from lightning_modules.common.runs import atomic_write
 
 if TYPE_CHECKING:
     from datamodules.images import ImageDataModule
@@ -427,8 +428,9 @@ def save_pseudo_labels(
 ) -> Path:
     """Write pseudo-labels as one JSON file ``{"format", "version", "params", "ids", "labels"[, "raw_scores"]}``.
 
-    Written atomically: a temporary file in the same folder, flushed and fsync'ed, then ``os.replace`` (a reader
-    never sees a half-written file). Floats are stored with Python's round-trip ``repr`` (exact float64).
+    Written atomically (:func:`~lightning_modules.common.runs.atomic_write`: a temporary file in the same
+    folder, here flushed and fsync'ed, then renamed; a reader never sees a half-written file). Floats are
+    stored with Python's round-trip ``repr`` (exact float64).
     """
     path = Path(path)
     ids = [str(i) for i in ids]
@@ -452,19 +454,14 @@ def save_pseudo_labels(
         if raw.size != lab.size:
             raise ValueError(f"{raw.size} raw scores but {lab.size} labels")
         doc["raw_scores"] = raw.tolist()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
             json.dump(doc, f, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def load_pseudo_labels(

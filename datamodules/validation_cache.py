@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from datamodules.manifest import (
     resolve_path,
 )
 from datamodules.readers import VideoInfo
+from lightning_modules.common.runs import atomic_write
 
 log = logging.getLogger("sonolab.data")
 
@@ -171,16 +171,9 @@ def cached_validation(
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable validation cache %s (%s): validating again", entry, exc)
     report = validate()
-    tmp: str | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(encode(report), fh)
-        os.replace(tmp, entry)
+        atomic_write(entry, lambda tmp: tmp.write_text(json.dumps(encode(report)), encoding="utf-8"))
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         log.warning(
             "cannot store the validation result in %s (%s): the next run validates again", folder, exc
         )
