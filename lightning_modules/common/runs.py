@@ -144,7 +144,7 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` into a temp file next to ``path``, then rename it to ``path``: a crash never leaves a
     half-written file there. Replaces an existing file (see :func:`write_csv_new` where that must not
     happen). Returns ``path``."""
