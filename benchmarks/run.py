@@ -174,38 +174,35 @@ def case_specs(
     of the published sizes (the other models' published rows left out)."""
     from benchmarks.models import MODELS
 
-    specs = []
-    for name in MODELS if "demo" in sizes else ():
-        extra: list[str] = []
-        if root:
-            extra += [f"--data.init_args.root={root}"]
-        if quick:
-            extra += [
-                "--data.init_args.batch_size=2",
-                "--data.init_args.synthetic=tiny",
-                *QUICK_EXTRA.get(name, []),
-            ]
-        specs.append({"label": f"{name} (demo config)", "model": name, "extra": extra, "n_batches": 3})
-    if "published" not in sizes:
-        return specs
-    if quick:
+    at_root = [f"--data.init_args.root={root}"] if root else []
+    specs: list[dict[str, Any]] = []
+    if "demo" in sizes:
+        for name in MODELS:
+            extra = list(at_root)
+            if quick:
+                extra += [
+                    "--data.init_args.batch_size=2",
+                    "--data.init_args.synthetic=tiny",
+                    *QUICK_EXTRA.get(name, []),
+                ]
+            specs.append({"label": f"{name} (demo config)", "model": name, "extra": extra, "n_batches": 3})
+    if "published" in sizes and quick:
         specs.append(
             {"label": "VideoQualityGAN (tiny, in place of the published shapes)", "vqa_size": "tiny"}
         )
-        return specs
-    specs.append({"label": "VideoQualityGAN (published shapes)", "vqa_size": "published"})
-    for name in MODELS:
-        if name != "VideoQualityGAN":
-            extra = [f"--data.init_args.root={root}"] if root else []
-            specs.append(
-                {
-                    "label": f"{name} (published config)",
-                    "model": name,
-                    "size": "published",
-                    "extra": extra,
-                    "n_batches": 3,
-                }
-            )
+    elif "published" in sizes:
+        specs.append({"label": "VideoQualityGAN (published shapes)", "vqa_size": "published"})
+        specs += [
+            {
+                "label": f"{name} (published config)",
+                "model": name,
+                "size": "published",
+                "extra": list(at_root),
+                "n_batches": 3,
+            }
+            for name in MODELS
+            if name != "VideoQualityGAN"
+        ]
     return specs
 
 

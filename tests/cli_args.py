@@ -17,13 +17,14 @@ def tiny_data(root: Path, batch_size: int = 4) -> list[str]:
     ]
 
 
-# The CLSTMUNet config's tiny net for CLI tests: a 2-level U-Net of width 4, every 16th frame a target.
-TINY_CLSTM = [
-    "--data.init_args.target_stride=16",
+# The CLSTMUNet config's tiny net for CLI tests: a 2-level U-Net of width 4 (TINY_CLSTM_NET), and with
+# it (TINY_CLSTM) every 16th frame a target, for fewer sequences.
+TINY_CLSTM_NET = [
     "--model.init_args.base_channels=4",
     "--model.init_args.depth=2",
     "--model.init_args.convlstm_hidden=4",
 ]
+TINY_CLSTM = ["--data.init_args.target_stride=16", *TINY_CLSTM_NET]
 # Two context frames instead of the config's six, set on both sides (interpolation is per config file).
 SHORT_CLSTM_LAYOUT = ["--data.init_args.num_before=2", "--model.init_args.num_before=2"]
 

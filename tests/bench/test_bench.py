@@ -104,15 +104,8 @@ def test_full_bench_times_every_model_at_its_demo_and_published_size(tiny_datase
     main = yaml.safe_load((CONFIGS / "clstm_unet.yaml").read_text())
     tiny = [f"--data.init_args.root={tiny_dataset}", "--data.init_args.synthetic=null"]
     case = config_case("CLSTMUNet", extra=tiny, n_batches=1, size="published")
-    hp = case.model.hparams
-    assert (
-        (hp.base_channels, hp.depth)
-        == (32, 4)
-        == (
-            main["model"]["init_args"]["base_channels"],
-            main["model"]["init_args"]["depth"],
-        )
-    )
+    hp, init = case.model.hparams, main["model"]["init_args"]
+    assert (hp.base_channels, hp.depth) == (init["base_channels"], init["depth"]) == (32, 4)
     assert case.batches[0]["video"].shape[-1] == main["data"]["init_args"]["image_size"] == 128
     with pytest.raises(ValueError, match="size must be"):
         config_case("CLSTMUNet", size="paper")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_args import tiny_data
+from cli_args import TINY_CLSTM_NET, tiny_data
 
 from callbacks.checkpoints import BestCheckpoint, RandomState
 from lightning_modules.cli import main as cli_main
@@ -46,14 +46,9 @@ def configs(*names: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- SIGKILL + resume
-# The CLSTMUNet config (BatchNorm, RandAugment, ConvLSTM) with a narrower, shallower U-Net: what is
-# restored on resume is the same at any width, and a step takes a tenth of the full width's.
-SMALL_CLSTM = [
-    *configs("clstm_unet.yaml"),
-    "--model.init_args.base_channels=8",
-    "--model.init_args.depth=2",
-    "--model.init_args.convlstm_hidden=8",
-]
+# The CLSTMUNet config (BatchNorm, RandAugment, ConvLSTM) with the tests' tiny U-Net: what is restored on
+# resume is the same at any width, and a step takes a fraction of the full width's.
+SMALL_CLSTM = [*configs("clstm_unet.yaml"), *TINY_CLSTM_NET]
 RESUME_CASES = {
     "vqa_gan": [
         *configs("vqa.yaml", "vqa/demo.yaml"),
