@@ -152,13 +152,15 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, norm: str = "batch") -> None:
         bias = norm == "none"
+        # not in place after an InstanceNorm (its output is a view: autograd would copy every gradient back)
+        inplace = norm != "instance"
         super().__init__(
             nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias),
             _norm(norm, out_ch),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=inplace),
             nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=bias),
             _norm(norm, out_ch),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=inplace),
         )
 
 
@@ -291,7 +293,7 @@ class ConvLSTMUNet(nn.Module):
             self.fuse = nn.Sequential(
                 nn.Conv2d(bott + hidden, bott, 1, bias=norm == "none"),
                 _norm(norm, bott),
-                nn.ReLU(inplace=True),
+                nn.ReLU(inplace=norm != "instance"),
             )
         self.decoder = UNetDecoder(self.encoder.widths, 1, norm)
 

@@ -129,6 +129,17 @@ def _norm(kind: str, channels: int, dims: int) -> nn.Module:
     raise ValueError(f"norm must be one of {_NORMS}, got {kind!r}")
 
 
+def _norm_act(kind: str, channels: int, dims: int) -> list[nn.Module]:
+    """A norm layer and the LeakyReLU(0.2) after it, in place except after an InstanceNorm.
+
+    PyTorch's instance norm returns a view of a batch-norm output, and an in-place op on a view makes
+    autograd copy each gradient back through the view (``CopySlices``) in the backward pass: the
+    VideoQualityGAN step at the published shapes took 10.9 s on a 2-core CPU with it and 8.8 s without
+    (same values; benchmarks/README.md). The out-of-place LeakyReLU keeps one more activation per layer.
+    """
+    return [_norm(kind, channels, dims), nn.LeakyReLU(0.2, inplace=kind != "instance")]
+
+
 def _widths(n_layers: int, ngf: int, max_channels: int, feature_dim: int) -> list[int]:
     return [min(ngf * 2**i, max_channels) for i in range(n_layers - 1)] + [feature_dim]
 
@@ -231,9 +242,7 @@ class VideoEncoder(nn.Module):
                 )
             )
             if not last:
-                if i > 0:
-                    layers.append(_norm(norm, width, 3))
-                layers.append(nn.LeakyReLU(0.2, inplace=True))
+                layers += _norm_act(norm, width, 3) if i > 0 else [nn.LeakyReLU(0.2, inplace=True)]
             prev = width
         self.net = nn.Sequential(*layers)
 
@@ -297,8 +306,7 @@ class VideoDecoder(nn.Module):
                 )
             )
             if not last:
-                layers.append(_norm(norm, chans[j + 1], 3))
-                layers.append(nn.LeakyReLU(0.2, inplace=True))
+                layers += _norm_act(norm, chans[j + 1], 3)
         self.widths = chans[1:]
         self.net = nn.Sequential(*layers)
 
@@ -371,8 +379,7 @@ class VideoDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, max_mult)
             layers += [
                 nn.Conv3d(ndf * prev, ndf * mult, kernel_size=3, stride=2, padding=1, bias=norm != "batch"),
-                _norm(norm, ndf * mult, 3),
-                nn.LeakyReLU(0.2, inplace=True),
+                *_norm_act(norm, ndf * mult, 3),
             ]
         layers.append(nn.Conv3d(ndf * mult, 1, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1)))
         self.net = nn.Sequential(*layers)
@@ -453,8 +460,7 @@ class STAE(nn.Module):
         for width in self.channels:
             enc += [
                 nn.Conv3d(prev, width, kernel_size=3, stride=(1, 2, 2), padding=1, bias=norm != "batch"),
-                _norm(norm, width, 3),
-                nn.LeakyReLU(0.2, inplace=True),
+                *_norm_act(norm, width, 3),
             ]
             prev = width
         self.encoder = nn.Sequential(*enc)
@@ -481,7 +487,7 @@ class STAE(nn.Module):
                     bias=last or norm != "batch",
                 )
             )
-            layers += [nn.Tanh()] if last else [_norm(norm, chans[j + 1], 3), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Tanh()] if last else _norm_act(norm, chans[j + 1], 3)
         return nn.Sequential(*layers)
 
     def forward(self, clip: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,3 +137,30 @@ def test_peak_memory_is_the_steps_own_increase():
     assert "error" not in mem, mem
     assert 0 < mem["step_rss_increase_mb"] < 2000
     assert mem["peak_rss_mb"] == pytest.approx(mem["rss_before_steps_mb"] + mem["step_rss_increase_mb"])
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(
+    not (REPO / ".git").exists(), reason="needs the git checkout (benchmarks.revisions checks out commits)"
+)
+def test_revisions_times_a_commit_against_the_working_tree(tmp_path):
+    """`python -m benchmarks.revisions HEAD .`: each revision's step timed in its own process from its own
+    tree (a temporary git worktree for HEAD, this checkout for '.'), same network, ratios to the first;
+    the worktree is removed afterwards and an unknown revision is a clear error."""
+    from benchmarks.revisions import main
+
+    out = tmp_path / "revisions.json"
+    result = main(["HEAD", ".", "--size", "tiny", "--steps", "2", "--rounds", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["revisions"].keys() == {"HEAD", "."}
+    rows = result["revisions"]
+    assert rows["HEAD"]["ratio_to_first"] == 1 and rows["."]["ratio_to_first"] > 0
+    assert all(len(row["step_s"]) == 2 and min(row["step_s"]) > 0 for row in rows.values())
+    assert result["parameters"] > 0 and result["machine"]["cpu"]["model"] is not None
+    worktrees = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True
+    ).stdout
+    assert "sonolab-revisions-" not in worktrees
+    with pytest.raises(SystemExit, match="no-such-revision"):
+        main(["no-such-revision", ".", "--size", "tiny", "--steps", "1", "--rounds", "1"])

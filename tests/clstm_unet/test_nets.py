@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from autograd_graph import autograd_ops
 
 from lightning_modules.clstm_unet.nets import ConvLSTMUNet
 
@@ -132,3 +133,12 @@ def test_predict_saliency_and_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         out = net(video, 2)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "group"])
+def test_backward_never_copies_gradients_back_through_a_norm_view(norm):
+    """An in-place ReLU on an InstanceNorm output (a view) would make autograd copy every gradient back
+    through the view (CopySlices) in the backward pass."""
+    net = ConvLSTMUNet(**{**SMALL, "norm": norm}, num_before=2, num_after=0)
+    ops = autograd_ops(net(torch.rand(2, 1, 3, 16, 16), 2))
+    assert "CopySlices" not in ops and "ConvolutionBackward0" in ops
