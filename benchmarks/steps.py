@@ -153,11 +153,19 @@ class Case:
 
 
 def vqa_case(
-    size: str = "demo", device: torch.device | str = "cpu", n_batches: int = 2, seed: int = 0
+    size: str = "demo",
+    device: torch.device | str = "cpu",
+    n_batches: int = 2,
+    seed: int = 0,
+    flow_encoding: str = "raw",
 ) -> Case:
-    """VideoQualityGAN (raw flow, gaze weight 0.1, no zoom-in: frozen, one frame per clip) on random clips
-    of the given size; gaze maps are normalised Gaussians-free random maps (the step's cost does not
-    depend on their content)."""
+    """VideoQualityGAN (gaze weight 0.1, no zoom-in: frozen, one frame per clip) on random clips of the
+    given size; gaze maps are normalised Gaussians-free random maps (the step's cost does not depend on
+    their content). ``flow_encoding="color"`` also puts the colour flow image in each batch, as the clip
+    cache does (``flow_color``). The clips come from their own generator seeded with ``seed``, so they are
+    the same whatever the model's initialisation draws (``benchmarks.revisions`` times several versions
+    of the model on them)."""
+    from lightning_modules.vqa_gan.base import encode_flow
     from lightning_modules.vqa_gan.module import VideoQualityGAN
 
     spec = VQA_SIZES[size]
@@ -168,22 +176,27 @@ def vqa_case(
         num_frames=spec["num_frames"],
         use_zoom=False,
         zoom_checkpoint=None,
+        flow_encoding=flow_encoding,
         **spec["model"],
     )
     b, t, hw = spec["batch"], spec["num_frames"], spec["image_size"]
+    clips = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):
-        gaze = torch.rand(b, 1, t, hw, hw)
-        batches.append(
-            {
-                "video": torch.rand(b, 1, t, hw, hw) * 2 - 1,
-                "flow": torch.randn(b, 2, t, hw, hw),
-                "gaze": gaze / gaze.sum(dim=(-2, -1), keepdim=True),
-                "gaze_valid": torch.ones(b, t, dtype=torch.bool),
-            }
-        )
+        gaze = torch.rand(b, 1, t, hw, hw, generator=clips)
+        flow = torch.randn(b, 2, t, hw, hw, generator=clips)
+        batch = {
+            "video": torch.rand(b, 1, t, hw, hw, generator=clips) * 2 - 1,
+            "flow": flow,
+            "gaze": gaze / gaze.sum(dim=(-2, -1), keepdim=True),
+            "gaze_valid": torch.ones(b, t, dtype=torch.bool),
+        }
+        if flow_encoding == "color":
+            batch["flow_color"] = encode_flow(flow, "color", scale=1.0)  # the colour image ignores the scale
+        batches.append(batch)
     meta = {"batch": b, "frames": t, "image_size": hw, **spec["model"]}
-    source = SimpleNamespace(classes=[model.normal_label], num_frames=t, modalities=["video", "flow", "gaze"])
+    modalities = ["video", "flow", "gaze"] + (["flow_color"] if flow_encoding == "color" else [])
+    source = SimpleNamespace(classes=[model.normal_label], num_frames=t, modalities=modalities)
     return Case(
         f"VideoQualityGAN[{size}]", model.to(device), to_device(batches, device), device, source, meta=meta
     )
