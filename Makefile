@@ -6,6 +6,8 @@ PRESET ?= demo
 DATA   ?= data/synthetic-$(PRESET)
 SEED   ?= 0
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers, one file each at a time, one thread each (a 2-core machine: 2)
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 SWEEP ?=
@@ -29,8 +31,8 @@ demo: install ## VideoQualityGAN demo: demo data, zoom-in pretraining, short tra
 	@test -f data/synthetic-demo/synthetic.json || $(BIN)/python -m datamodules.synthetic --out data/synthetic-demo --preset demo --seed 0
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lightning_modules.vqa_gan.demo
 
-test: install ## the test suite CI runs (W&B disabled, slow tests left out)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+test: install ## the test suite CI runs (W&B disabled, slow tests left out; TEST_WORKERS=0: one process, less memory)
+	WANDB_MODE=disabled OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-quick: install ## the edit-test loop: make test without the tests listed in tests/heavy_tests.txt (< 2 min idle)
 	WANDB_MODE=disabled OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m "not slow and not ddp and not heavy" -q -x $(PYTEST_ARGS)
