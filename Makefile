@@ -6,8 +6,10 @@ PRESET ?= demo
 DATA   ?= data/synthetic-$(PRESET)
 SEED   ?= 0
 PYTEST_ARGS ?=
-# make test's pytest-xdist workers, one file each at a time, one thread each (a 2-core machine: 2)
+# make test's pytest-xdist workers, one file each at a time (a 2-core machine: 2). Each worker gets one
+# thread (unless OMP_NUM_THREADS says otherwise); in one process (TEST_WORKERS=0) torch's default.
 TEST_WORKERS ?= 2
+TEST_THREADS = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1})
 
 .DEFAULT_GOAL := help
 SWEEP ?=
@@ -32,7 +34,7 @@ demo: install ## VideoQualityGAN demo: demo data, zoom-in pretraining, short tra
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lightning_modules.vqa_gan.demo
 
 test: install ## the test suite CI runs (W&B disabled, slow tests left out; TEST_WORKERS=0: one process, less memory)
-	WANDB_MODE=disabled OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(TEST_THREADS) $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-quick: install ## the edit-test loop: make test without the tests listed in tests/heavy_tests.txt (< 2 min idle)
 	WANDB_MODE=disabled OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m "not slow and not ddp and not heavy" -q -x $(PYTEST_ARGS)
