@@ -48,14 +48,19 @@ def release_memory() -> None:
 
 @pytest.fixture(autouse=True)
 def released_memory():
-    """Memory released after every test (and before every CLI run of :func:`run_cli`). Also forgets this
-    process's W&B service: a W&B run in this process exports WANDB_SERVICE, and every `lightning` process a
-    later test starts would inherit it and attach to this service instead of starting its own, as a user's
-    command does (under load a second run of the same id then failed: "run ID two-nodes is in use"). The
-    W&B runs of this process keep their connection; only new processes stop finding it."""
+    """Memory released after every test (and before every CLI run of :func:`run_cli`)."""
+    yield
+    release_memory()
+
+
+@pytest.fixture(autouse=True)
+def own_wandb_service_per_process():
+    """After every test, forget this process's W&B service. A W&B run in this process exports
+    WANDB_SERVICE; every `lightning` process a later test starts would inherit it and attach to this
+    service instead of starting its own, as a user's command does (under load a second run of the same id
+    then failed: "run ID two-nodes is in use"). This process's own W&B runs keep their connection."""
     yield
     os.environ.pop("WANDB_SERVICE", None)
-    release_memory()
 
 
 @pytest.hookimpl(hookwrapper=True)
