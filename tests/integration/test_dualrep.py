@@ -202,8 +202,9 @@ def test_fit_every_pretraining_overlay(run_cli, tiny_dataset, configs_dir, overl
 def test_bf16_mixed_fit_keeps_every_weight_finite(run_cli, tiny_dataset, configs_dir):
     """`--trainer.precision=bf16-mixed` through the CLI: two steps, and every weight still finite afterwards
     (the CPU bf16 Conv3d weight-gradient bug that LowPrecisionSafeConv3d works around puts NaN into the video
-    encoder). 4 frames reach the bug's shapes (a 3-tap temporal conv over 2 frames, then 1) at half the
-    demo's 8-frame cost; bf16 is emulated, so slow, on CPUs without AVX-512-BF16."""
+    encoder). The tiny pretraining windows' 4 frames reach the bug's shapes (a 3-tap temporal conv over 2
+    frames, then 1); with their 1 s of speech the run takes 34 s against 85 s for the demo's 8 frames and
+    2 s (one thread; bf16 is emulated, so slow, on CPUs without AVX-512-BF16)."""
     cli = run_cli(
         [
             "fit",
