@@ -288,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--stride", type=int, default=8, help="frames between consecutive windows")
     parser.add_argument("--frame-interval", type=int, default=None, help="default: the run's frame_interval")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed (2.5x faster on AMX CPUs)")
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        help="e.g. bf16-mixed: on a CPU only where oneDNN runs bf16 natively (AVX-512-BF16/AMX); "
+        "elsewhere it is emulated and many times slower (README: Precision on CPUs)",
+    )
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument(
