@@ -9,7 +9,9 @@ PYTEST_ARGS ?=
 # make test's pytest-xdist workers, one file each at a time (a 2-core machine: 2). Each worker gets one
 # thread (unless OMP_NUM_THREADS says otherwise); in one process (TEST_WORKERS=0) torch's default.
 TEST_WORKERS ?= 2
-TEST_THREADS = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1})
+# one torch thread per process unless the caller's OMP_NUM_THREADS says otherwise
+ONE_THREAD = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
+TEST_THREADS = $(if $(filter 0,$(TEST_WORKERS)),,$(ONE_THREAD))
 
 .DEFAULT_GOAL := help
 SWEEP ?=
@@ -31,13 +33,13 @@ install: $(VENV)/.installed ## create .venv if missing and install sonolab + dev
 
 demo: install ## VideoQualityGAN demo: demo data, zoom-in pretraining, short training + test, metrics (< 15 min on 2 CPUs)
 	@test -f data/synthetic-demo/synthetic.json || $(BIN)/python -m datamodules.synthetic --out data/synthetic-demo --preset demo --seed 0
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m lightning_modules.vqa_gan.demo
+	$(ONE_THREAD) $(BIN)/python -m lightning_modules.vqa_gan.demo
 
 test: install ## the test suite CI runs (W&B disabled, slow tests left out; TEST_WORKERS=0: one process, less memory)
 	WANDB_MODE=disabled $(TEST_THREADS) $(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-quick: install ## the edit-test loop: make test without the tests listed in tests/heavy_tests.txt (< 2 min idle)
-	WANDB_MODE=disabled OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -m "not slow and not ddp and not heavy" -q -x $(PYTEST_ARGS)
+	WANDB_MODE=disabled $(ONE_THREAD) $(BIN)/python -m pytest -m "not slow and not ddp and not heavy" -q -x $(PYTEST_ARGS)
 
 test-slow: install ## learnability and other long tests only
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow -q -s $(PYTEST_ARGS)
